@@ -1,0 +1,79 @@
+import { z } from "zod";
+
+const port = z.coerce
+  .number({ error: "must be a number" })
+  .int("must be a whole number")
+  .min(0, "must be between 0 and 65535")
+  .max(65535, "must be between 0 and 65535");
+
+const durationMs = (min: number) =>
+  z.coerce
+    .number({ error: "must be a number of milliseconds" })
+    .int("must be a whole number of milliseconds")
+    .min(min, `must be at least ${min} ms`);
+
+const schema = z.object({
+  PORT: port.default(8080),
+  HOST: z.string().min(1, "must not be empty").default("127.0.0.1"),
+  DATABASE_URL: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, "must be a postgres:// or postgresql:// URL")
+    .optional(),
+  DATA_DIR: z.string().min(1, "must not be empty").default("./.data"),
+  KEEPALIVE_INTERVAL_MS: durationMs(10).default(15_000),
+  CHANGE_RETENTION_MS: durationMs(60_000).default(7 * 24 * 3600 * 1000),
+  LOG_LEVEL: z
+    .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])
+    .default("info"),
+});
+
+/** Settings of one server process, read once at start-up. */
+export interface Settings {
+  readonly port: number;
+  readonly host: string;
+  /** PostgreSQL to use; unset means the embedded database in `dataDir`. */
+  readonly databaseUrl: string | undefined;
+  readonly dataDir: string;
+  /** How long a Watch stream may stay silent before it gets a KEEPALIVE. */
+  readonly keepaliveIntervalMs: number;
+  /** How long the change log keeps changes for resuming watchers. */
+  readonly changeRetentionMs: number;
+  readonly logLevel: string;
+}
+
+/** Thrown when the environment holds a setting that cannot be used. */
+export class SettingsError extends Error {
+  override name = "SettingsError";
+}
+
+/**
+ * Reads and validates the settings from environment variables. Empty
+ * variables count as unset.
+ */
+export function loadSettings(
+  env: Record<string, string | undefined> = process.env,
+): Settings {
+  const present = Object.fromEntries(
+    Object.keys(schema.shape)
+      .map((key) => [key, env[key]] as const)
+      .filter(([, value]) => value !== undefined && value !== ""),
+  );
+  const parsed = schema.safeParse(present);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map(
+      (issue) =>
+        `${issue.path.join(".")}=${JSON.stringify(present[String(issue.path[0])])} ${issue.message}`,
+    );
+    throw new SettingsError(`invalid settings: ${problems.join("; ")}`);
+  }
+  const value = parsed.data;
+  return {
+    port: value.PORT,
+    host: value.HOST,
+    databaseUrl: value.DATABASE_URL,
+    dataDir: value.DATA_DIR,
+    keepaliveIntervalMs: value.KEEPALIVE_INTERVAL_MS,
+    changeRetentionMs: value.CHANGE_RETENTION_MS,
+    logLevel: value.LOG_LEVEL,
+  };
+}

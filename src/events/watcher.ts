@@ -1,0 +1,74 @@
+import type { LifecycleChange } from "../domain/lifecycle.js";
+import type { ChangeFeed, ChangeSubscription } from "./change-feed.js";
+
+/** What a watcher's next wait ends with. */
+export type WatcherEvent =
+  | { readonly kind: "change"; readonly change: LifecycleChange }
+  | { readonly kind: "idle" }
+  | { readonly kind: "closed" };
+
+/**
+ * One Watch stream's place in the change feed. It subscribes at once and
+ * queues every change from then on, so that a snapshot or a replay of the
+ * log read after subscribing, followed by the queued changes, misses
+ * nothing. It ends when the caller's signal aborts.
+ */
+export class Watcher {
+  readonly #queue: LifecycleChange[] = [];
+  readonly #subscription: ChangeSubscription;
+  #wake: (() => void) | undefined;
+  #closed = false;
+
+  constructor(
+    feed: ChangeFeed,
+    private readonly signal: AbortSignal,
+  ) {
+    this.#subscription = feed.subscribe((change) => {
+      this.#queue.push(change);
+      this.#wake?.();
+    });
+    signal.addEventListener("abort", this.#onAbort);
+  }
+
+  /** The newest revision the feed had delivered when the watcher joined. */
+  get joinedAt(): bigint {
+    return this.#subscription.revision;
+  }
+
+  /**
+   * The next queued change; "idle" if none comes within `idleMs`; "closed"
+   * once the watcher is closed or its signal aborted.
+   */
+  async next(idleMs: number): Promise<WatcherEvent> {
+    const change = this.#queue.shift();
+    if (change) return { kind: "change", change };
+    if (this.#closed || this.signal.aborted) return { kind: "closed" };
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, idleMs);
+      const wake = () => done();
+      this.#wake = wake;
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    this.#wake = undefined;
+    const next = this.#queue.shift();
+    if (next) return { kind: "change", change: next };
+    if (this.#closed || this.signal.aborted) return { kind: "closed" };
+    return { kind: "idle" };
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#subscription.close();
+    this.signal.removeEventListener("abort", this.#onAbort);
+    this.#queue.length = 0;
+    this.#wake?.();
+  }
+
+  readonly #onAbort = (): void => {
+    this.close();
+  };
+}

@@ -1,0 +1,103 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { EntityManager } from "@mikro-orm/postgresql";
+import {
+  type DeltaOutcome,
+  DeltaOutcome_Result,
+  DeltaOutcomeSchema,
+  type HeartbeatRequest,
+  type HeartbeatResponse,
+  HeartbeatResponseSchema,
+  type LifecycleDelta,
+} from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
+import { type DeltaInput, validateDelta } from "../domain/delta.js";
+import type { ChangeFeed } from "../events/change-feed.js";
+import { applyDelta, recordHeartbeat } from "../storage/heartbeat-writes.js";
+import { inWriteTransaction } from "../storage/write-transaction.js";
+import { operationOf, resultEnum, statusOf } from "./convert.js";
+import { checkText, invalidArgument, quote } from "./invalid.js";
+import { checkUuid } from "./validate.js";
+
+const MAX_AGENT_VERSION_LENGTH = 200;
+
+function deltaInput(delta: LifecycleDelta): DeltaInput {
+  return {
+    deckyName: delta.deckyName,
+    operation: operationOf(delta.operation),
+    status: statusOf(delta.status),
+    error: delta.error,
+    completedAt: delta.completedAt
+      ? timestampDate(delta.completedAt)
+      : undefined,
+    lifecycleId: delta.lifecycleId,
+  };
+}
+
+/**
+ * Applies a worker's Heartbeat stream: each message in its own transaction
+ * as it arrives, recording the host as alive and moving the rows its deltas
+ * name. Answers, when the worker closes the stream, with the counts and an
+ * outcome for every delta that was not applied.
+ */
+export async function applyHeartbeats(
+  messages: AsyncIterable<HeartbeatRequest>,
+  em: EntityManager,
+  feed: ChangeFeed,
+): Promise<HeartbeatResponse> {
+  let streamHost: string | undefined;
+  let count = 0;
+  let applied = 0;
+  const outcomes: DeltaOutcome[] = [];
+
+  for await (const request of messages) {
+    const messageIndex = count;
+    const hostUuid = checkUuid("host_uuid", request.hostUuid);
+    if (streamHost !== undefined && hostUuid !== streamHost) {
+      throw invalidArgument(
+        `host_uuid ${quote(request.hostUuid)} of message ${messageIndex} differs from ${streamHost}, the host this stream started with`,
+      );
+    }
+    streamHost = hostUuid;
+    checkText("agent_version", request.agentVersion, MAX_AGENT_VERSION_LENGTH);
+
+    const { result, changes } = await inWriteTransaction(em, async (tx) => {
+      await recordHeartbeat(tx, hostUuid, request.agentVersion);
+      const results: DeltaOutcome[] = [];
+      for (const [deltaIndex, input] of request.deltas.entries()) {
+        const delta = validateDelta(deltaInput(input));
+        const outcome =
+          typeof delta === "string"
+            ? {
+                result: "rejected" as const,
+                lifecycleId: input.lifecycleId ?? "",
+                detail: delta,
+              }
+            : await applyDelta(tx, hostUuid, delta);
+        results.push(
+          create(DeltaOutcomeSchema, {
+            messageIndex,
+            deltaIndex,
+            lifecycleId: outcome.lifecycleId,
+            result: resultEnum(outcome.result),
+            detail: outcome.detail,
+          }),
+        );
+      }
+      return results;
+    });
+    feed.publish(changes);
+
+    count += 1;
+    applied += changes.length;
+    outcomes.push(
+      ...result.filter(
+        (outcome) => outcome.result !== DeltaOutcome_Result.APPLIED,
+      ),
+    );
+  }
+  return create(HeartbeatResponseSchema, {
+    messages: count,
+    applied,
+    outcomes,
+  });
+}

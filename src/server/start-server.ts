@@ -1,0 +1,136 @@
+import { once } from "node:events";
+import type { AddressInfo } from "node:net";
+import { createContextValues } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { MikroORM } from "@mikro-orm/postgresql";
+import type { Logger } from "pino";
+import type { Settings } from "../config/settings.js";
+import { InProcessChangeFeed } from "../events/in-process-change-feed.js";
+import { errorInterceptor } from "../rpc/errors.js";
+import { lifecycleRoutes } from "../rpc/lifecycle-service.js";
+import { PageTokens } from "../rpc/page-token.js";
+import { entityManagerKey } from "../rpc/services.js";
+import {
+  type EmbeddedDatabase,
+  openEmbeddedDatabase,
+} from "../storage/embedded-database.js";
+import {
+  readChangesAfter,
+  readRevisionBounds,
+} from "../storage/lifecycle-reads.js";
+import { openOrm } from "../storage/orm.js";
+import { loadServiceSecret } from "../storage/service-secrets.js";
+import { createDualProtocolListener } from "./listener.js";
+
+/** Largest request message the server reads. */
+export const READ_MAX_BYTES = 4 * 1024 * 1024;
+const POSTGRES_POOL_SIZE = 10;
+
+/** A server that is listening; `close` stops it and releases everything. */
+export interface RunningServer {
+  /** The port it listens on (the one the OS chose when PORT is 0). */
+  readonly port: number;
+  /** Base URL for clients, such as http://127.0.0.1:8080. */
+  readonly url: string;
+  readonly orm: MikroORM;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the database (the configured PostgreSQL, or the embedded one in
+ * DATA_DIR), applies migrations, and serves LifecycleService on one port.
+ */
+export async function startServer(
+  settings: Settings,
+  logger: Logger,
+): Promise<RunningServer> {
+  let embedded: EmbeddedDatabase | undefined;
+  let orm: MikroORM | undefined;
+  try {
+    if (settings.databaseUrl === undefined) {
+      embedded = await openEmbeddedDatabase(settings.dataDir, logger);
+      orm = await openOrm({ connection: embedded.connection }, logger, {
+        poolSize: 1,
+      });
+    } else {
+      orm = await openOrm({ url: settings.databaseUrl }, logger, {
+        poolSize: POSTGRES_POOL_SIZE,
+      });
+    }
+    return await serve(settings, logger, orm, embedded);
+  } catch (error) {
+    await orm?.close(true);
+    await embedded?.close();
+    throw error;
+  }
+}
+
+async function serve(
+  settings: Settings,
+  logger: Logger,
+  orm: MikroORM,
+  embedded: EmbeddedDatabase | undefined,
+): Promise<RunningServer> {
+  const em = orm.em.fork();
+  const pageTokens = new PageTokens(await loadServiceSecret(em, "page-token"));
+  const { current } = await readRevisionBounds(em);
+  const feed = new InProcessChangeFeed(
+    current,
+    (after, limit) => readChangesAfter(orm.em.fork(), after, limit),
+    logger,
+  );
+  const shutdown = new AbortController();
+
+  const handler = connectNodeAdapter({
+    routes: lifecycleRoutes({
+      feed,
+      pageTokens,
+      logger,
+      keepaliveIntervalMs: settings.keepaliveIntervalMs,
+      shutdownSignal: shutdown.signal,
+    }),
+    interceptors: [errorInterceptor(logger)],
+    readMaxBytes: READ_MAX_BYTES,
+    contextValues: () =>
+      createContextValues().set(entityManagerKey, orm.em.fork()),
+  });
+  const listener = createDualProtocolListener(handler);
+  listener.tcp.listen(settings.port, settings.host);
+  await once(listener.tcp, "listening");
+  const { port } = listener.tcp.address() as AddressInfo;
+  const host = settings.host.includes(":")
+    ? `[${settings.host}]`
+    : settings.host;
+  const url = `http://${host}:${port}`;
+  logger.info(
+    {
+      url,
+      database: embedded ? `embedded in ${settings.dataDir}` : "postgresql",
+    },
+    "decky-lifecycle is serving",
+  );
+
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      shutdown.abort();
+      const stopped = new Promise<void>((resolve) =>
+        listener.tcp.close(() => resolve()),
+      );
+      for (const session of listener.sessions) session.close();
+      listener.http1.closeIdleConnections();
+      const grace = setTimeout(() => {
+        for (const session of listener.sessions) session.destroy();
+        listener.http1.closeAllConnections();
+      }, 2000);
+      await stopped;
+      clearTimeout(grace);
+      await feed.close();
+      await orm.close(true);
+      await embedded?.close();
+      logger.info("decky-lifecycle stopped");
+    })();
+    return closing;
+  };
+  return { port, url, orm, close };
+}

@@ -1,0 +1,76 @@
+import type { EntityManager, Knex } from "@mikro-orm/postgresql";
+import type {
+  LifecycleChange,
+  LifecycleRow,
+  Operation,
+  Status,
+} from "../domain/lifecycle.js";
+
+/** A value bound to a statement placeholder. */
+export type SqlValue = Knex.Value;
+
+/** A row as node-postgres returns it. */
+export type SqlRow = Record<string, unknown>;
+
+/**
+ * Runs one parameterised statement (`?` placeholders) on the entity
+ * manager's connection, inside its transaction when it has one.
+ */
+export async function query(
+  em: EntityManager,
+  text: string,
+  bindings: readonly SqlValue[] = [],
+): Promise<SqlRow[]> {
+  const statement = em.getKnex().raw(text, bindings);
+  const transaction = em.getTransactionContext();
+  if (transaction) statement.transacting(transaction);
+  const result = (await statement) as { rows: SqlRow[] };
+  return result.rows;
+}
+
+/** The columns of `decky_lifecycle` in the order `lifecycle_change` repeats them. */
+export const ROW_COLUMNS =
+  "decky_name, host_uuid, operation, status, error, started_at, updated_at, completed_at";
+
+const PG_TIMESTAMP =
+  /^(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2}(?:\.\d+)?)([+-]\d{2})(?::?(\d{2}))?$/;
+
+/**
+ * A `timestamptz` as a Date. The ORM leaves timestamps as PostgreSQL's text,
+ * such as `2026-12-03 16:46:07.704+00`.
+ */
+export function toDate(value: unknown): Date {
+  if (value instanceof Date) return value;
+  const match = PG_TIMESTAMP.exec(String(value));
+  if (!match) throw new Error(`unexpected timestamp ${String(value)}`);
+  const [, day, time, hours, minutes] = match;
+  return new Date(`${day}T${time}${hours}:${minutes ?? "00"}`);
+}
+
+function toOptionalDate(value: unknown): Date | null {
+  return value === null || value === undefined ? null : toDate(value);
+}
+
+/** Maps a `decky_lifecycle` row. */
+export function toLifecycleRow(row: SqlRow): LifecycleRow {
+  return {
+    id: row.id as string,
+    deckyName: row.decky_name as string,
+    hostUuid: (row.host_uuid as string | null) ?? null,
+    operation: row.operation as Operation,
+    status: row.status as Status,
+    error: (row.error as string | null) ?? null,
+    startedAt: toDate(row.started_at),
+    updatedAt: toDate(row.updated_at),
+    completedAt: toOptionalDate(row.completed_at),
+    revision: BigInt(row.revision as string),
+  };
+}
+
+/** Maps a `lifecycle_change` row. */
+export function toLifecycleChange(row: SqlRow): LifecycleChange {
+  return {
+    revision: BigInt(row.revision as string),
+    row: toLifecycleRow({ ...row, id: row.lifecycle_id }),
+  };
+}
