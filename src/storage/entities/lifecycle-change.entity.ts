@@ -1,4 +1,5 @@
 import { EntitySchema } from "@mikro-orm/core";
+import type { LifecycleRowEntity } from "./lifecycle-row.entity.js";
 
 /**
  * A row of `lifecycle_change`, the append-only change log: the state of one
@@ -6,7 +7,7 @@ import { EntitySchema } from "@mikro-orm/core";
  */
 export interface LifecycleChangeEntity {
   revision: string;
-  lifecycleId: string;
+  lifecycle: LifecycleRowEntity;
   deckyName: string;
   hostUuid?: string | null;
   operation: string;
@@ -21,8 +22,13 @@ export const LifecycleChangeSchema = new EntitySchema<LifecycleChangeEntity>({
   name: "LifecycleChange",
   tableName: "lifecycle_change",
   properties: {
-    revision: { type: "bigint", primary: true },
-    lifecycleId: { type: "uuid", index: true },
+    revision: { type: "bigint", primary: true, autoincrement: false },
+    lifecycle: {
+      kind: "m:1",
+      entity: "LifecycleRow",
+      fieldName: "lifecycle_id",
+      index: "lifecycle_change_lifecycle_id_index",
+    },
     deckyName: { type: "text" },
     hostUuid: { type: "uuid", nullable: true },
     operation: { type: "text" },

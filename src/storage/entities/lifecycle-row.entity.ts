@@ -1,4 +1,5 @@
 import { EntitySchema } from "@mikro-orm/core";
+import { OPERATIONS, STATUSES } from "../../domain/lifecycle.js";
 
 /** A row of `decky_lifecycle`: one attempt of one operation on one decky. */
 export interface LifecycleRowEntity {
@@ -17,12 +18,36 @@ export interface LifecycleRowEntity {
 export const LifecycleRowSchema = new EntitySchema<LifecycleRowEntity>({
   name: "LifecycleRow",
   tableName: "decky_lifecycle",
+  indexes: [
+    {
+      name: "decky_lifecycle_started_at_id_index",
+      properties: ["startedAt", "id"],
+    },
+    {
+      name: "decky_lifecycle_one_open_row",
+      expression: `create unique index decky_lifecycle_one_open_row
+        on decky_lifecycle (decky_name, operation)
+        where status in ('pending', 'running')`,
+    },
+  ],
+  checks: [
+    {
+      name: "decky_lifecycle_error_check",
+      expression:
+        "char_length(error) <= 2000 and (error is null or status = 'failed')",
+    },
+    {
+      name: "decky_lifecycle_completed_at_check",
+      expression:
+        "(completed_at is not null) = (status = any (array['succeeded', 'failed']))",
+    },
+  ],
   properties: {
     id: { type: "uuid", primary: true },
     deckyName: { type: "text", index: true },
     hostUuid: { type: "uuid", nullable: true, index: true },
-    operation: { type: "text", index: true },
-    status: { type: "text", index: true },
+    operation: { enum: true, items: [...OPERATIONS], index: true },
+    status: { enum: true, items: [...STATUSES], index: true },
     error: { type: "text", nullable: true },
     startedAt: { type: "datetime", columnType: "timestamptz(3)" },
     updatedAt: { type: "datetime", columnType: "timestamptz(3)" },

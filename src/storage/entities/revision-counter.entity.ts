@@ -14,8 +14,9 @@ export interface RevisionCounterEntity {
 export const RevisionCounterSchema = new EntitySchema<RevisionCounterEntity>({
   name: "RevisionCounter",
   tableName: "lifecycle_revision",
+  checks: [{ name: "lifecycle_revision_single", expression: "id = 1" }],
   properties: {
-    id: { type: "integer", primary: true },
+    id: { type: "integer", primary: true, autoincrement: false },
     value: { type: "bigint" },
     prunedThrough: { type: "bigint" },
   },

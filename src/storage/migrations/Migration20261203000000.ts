@@ -21,7 +21,7 @@ export class Migration20261203000000 extends Migration {
         updated_at timestamptz(3) not null,
         completed_at timestamptz(3) null
           constraint decky_lifecycle_completed_at_check
-          check ((completed_at is not null) = (status in ('succeeded', 'failed'))),
+          check ((completed_at is not null) = (status = any (array['succeeded', 'failed']))),
         revision bigint not null
       )`);
     this.addSql(
@@ -73,7 +73,9 @@ export class Migration20261203000000 extends Migration {
     this.addSql(`
       create table lifecycle_change (
         revision bigint primary key,
-        lifecycle_id uuid not null references decky_lifecycle (id),
+        lifecycle_id uuid not null
+          constraint lifecycle_change_lifecycle_id_foreign
+          references decky_lifecycle (id) on update cascade,
         decky_name text not null,
         host_uuid uuid null,
         operation text not null,
