@@ -17,6 +17,19 @@ export type DeltaResult =
   | "rejected"
   | "already_terminal";
 
+/** The range of google.protobuf.Timestamp, 0001-01-01 to 9999-12-31 UTC. */
+const MIN_TIMESTAMP_MS = -62_135_596_800_000;
+const MAX_TIMESTAMP_MS = 253_402_300_799_999;
+
+/**
+ * Whether `time` is a valid Timestamp. A time past 9999 is a valid Date but
+ * not one the database can store, and would fail the whole message.
+ */
+function isTimestampInRange(time: Date): boolean {
+  const ms = time.getTime();
+  return ms >= MIN_TIMESTAMP_MS && ms <= MAX_TIMESTAMP_MS;
+}
+
 /** A delta as the worker sent it, with enums already named. */
 export interface DeltaInput {
   readonly deckyName: string;
@@ -61,8 +74,8 @@ export function validateDelta(input: DeltaInput): Delta | string {
   if (input.lifecycleId !== undefined && !isUuid(input.lifecycleId)) {
     return `lifecycle_id ${JSON.stringify(input.lifecycleId.slice(0, 80))} is not a UUID`;
   }
-  if (input.completedAt && Number.isNaN(input.completedAt.getTime())) {
-    return "completed_at is not a valid time";
+  if (input.completedAt && !isTimestampInRange(input.completedAt)) {
+    return "completed_at must be a time from 0001-01-01 to 9999-12-31 UTC";
   }
   return {
     deckyName: input.deckyName,

@@ -5,7 +5,14 @@ import type { ChangeFeed, ChangeSubscription } from "./change-feed.js";
 export type WatcherEvent =
   | { readonly kind: "change"; readonly change: LifecycleChange }
   | { readonly kind: "idle" }
-  | { readonly kind: "closed" };
+  | { readonly kind: "closed" }
+  | { readonly kind: "overflowed" };
+
+/**
+ * How many changes a watcher holds for a stream that does not keep up;
+ * past it the stream ends and its client resumes from its last revision.
+ */
+export const MAX_QUEUED_CHANGES = 10_000;
 
 /**
  * One Watch stream's place in the change feed. It subscribes at once and
@@ -18,12 +25,18 @@ export class Watcher {
   readonly #subscription: ChangeSubscription;
   #wake: (() => void) | undefined;
   #closed = false;
+  #overflowed = false;
 
   constructor(
     feed: ChangeFeed,
     private readonly signal: AbortSignal,
   ) {
     this.#subscription = feed.subscribe((change) => {
+      if (this.#queue.length >= MAX_QUEUED_CHANGES) {
+        this.#overflowed = true;
+        this.close();
+        return;
+      }
       this.#queue.push(change);
       this.#wake?.();
     });
@@ -37,9 +50,11 @@ export class Watcher {
 
   /**
    * The next queued change; "idle" if none comes within `idleMs`; "closed"
-   * once the watcher is closed or its signal aborted.
+   * once the watcher is closed or its signal aborted; "overflowed" once more
+   * than MAX_QUEUED_CHANGES waited for the stream.
    */
   async next(idleMs: number): Promise<WatcherEvent> {
+    if (this.#overflowed) return { kind: "overflowed" };
     const change = this.#queue.shift();
     if (change) return { kind: "change", change };
     if (this.#closed || this.signal.aborted) return { kind: "closed" };
@@ -53,6 +68,7 @@ export class Watcher {
       }
     });
     this.#wake = undefined;
+    if (this.#overflowed) return { kind: "overflowed" };
     const next = this.#queue.shift();
     if (next) return { kind: "change", change: next };
     if (this.#closed || this.signal.aborted) return { kind: "closed" };

@@ -5,9 +5,13 @@ export function invalidArgument(message: string): ConnectError {
   return new ConnectError(message, Code.InvalidArgument);
 }
 
-/** A short, printable quote of a caller's value for an error message. */
+/**
+ * A short, printable quote of a caller's value for an error message: at most
+ * 80 code points, so that no emoji is cut in half.
+ */
 export function quote(value: string): string {
-  const shown = value.length > 80 ? `${value.slice(0, 80)}…` : value;
+  const points = Array.from(value);
+  const shown = points.length > 80 ? `${points.slice(0, 80).join("")}…` : value;
   return JSON.stringify(shown);
 }
 

@@ -14,7 +14,11 @@ import {
 } from "../domain/lifecycle.js";
 import { matchesFilter } from "../domain/row-filter.js";
 import type { ChangeFeed } from "../events/change-feed.js";
-import { Watcher } from "../events/watcher.js";
+import {
+  MAX_QUEUED_CHANGES,
+  Watcher,
+  type WatcherEvent,
+} from "../events/watcher.js";
 import {
   readChangesAfter,
   readRevisionBounds,
@@ -63,10 +67,7 @@ export async function* watchRows(
         query.afterRevision < bounds.prunedThrough ||
         query.afterRevision > bounds.current
       ) {
-        throw new LifecycleError(
-          "out_of_range",
-          `after_revision ${query.afterRevision} is outside the kept history (${bounds.prunedThrough} to ${bounds.current}); watch again without after_revision`,
-        );
+        throw outOfRange(query.afterRevision, bounds);
       }
       if (byIds) {
         const current = await readSnapshot(em, query.filter);
@@ -79,6 +80,10 @@ export async function* watchRows(
       for (;;) {
         const changes = await readChangesAfter(em, cursor, REPLAY_PAGE);
         for (const change of changes) {
+          // Revisions are dense, so a hole means pruning removed changes
+          // after the bounds were checked.
+          if (change.revision !== cursor + 1n)
+            throw pruned(query.afterRevision);
           cursor = change.revision;
           if (!matchesFilter(query.filter, change.row)) continue;
           if (isTerminal(change.row.status)) open.delete(change.row.id);
@@ -100,8 +105,20 @@ export async function* watchRows(
       yield message(Kind.SNAPSHOT_END, cursor);
     }
 
+    // The keepalive interval counts from the last message sent, not the last
+    // change seen: changes to rows this stream does not match keep arriving
+    // on a busy server, and the stream must not stay silent through them.
+    let lastSentAt = performance.now();
     while (!(byIds && open.size === 0)) {
-      const event = await watcher.next(keepaliveMs);
+      const quietMs = keepaliveMs - (performance.now() - lastSentAt);
+      const event: WatcherEvent =
+        quietMs > 0 ? await watcher.next(quietMs) : { kind: "idle" };
+      if (event.kind === "overflowed") {
+        throw new ConnectError(
+          `this watch fell more than ${MAX_QUEUED_CHANGES} changes behind; resume from revision ${cursor}`,
+          Code.Unavailable,
+        );
+      }
       if (event.kind === "closed") {
         if (shutdownSignal.aborted) {
           throw new ConnectError(
@@ -113,6 +130,7 @@ export async function* watchRows(
       }
       if (event.kind === "idle") {
         yield message(Kind.KEEPALIVE, cursor);
+        lastSentAt = performance.now();
         continue;
       }
       const { change } = event;
@@ -121,10 +139,28 @@ export async function* watchRows(
       if (!matchesFilter(query.filter, change.row)) continue;
       if (isTerminal(change.row.status)) open.delete(change.row.id);
       yield message(Kind.CHANGE, change.revision, change.row);
+      lastSentAt = performance.now();
     }
   } finally {
     watcher.close();
   }
+}
+
+function outOfRange(
+  afterRevision: bigint,
+  bounds: { prunedThrough: bigint; current: bigint },
+): LifecycleError {
+  return new LifecycleError(
+    "out_of_range",
+    `after_revision ${afterRevision} is outside the kept history (${bounds.prunedThrough} to ${bounds.current}); watch again without after_revision`,
+  );
+}
+
+function pruned(afterRevision: bigint): LifecycleError {
+  return new LifecycleError(
+    "out_of_range",
+    `after_revision ${afterRevision} is no longer in the kept history; watch again without after_revision`,
+  );
 }
 
 function checkAllFound(ids: readonly string[], rows: readonly LifecycleRow[]) {

@@ -27,14 +27,19 @@ export async function createRows(
   targets: readonly NewRow[],
 ): Promise<LifecycleRow[]> {
   const ids = targets.map(() => randomUUID());
+  // One clock reading per row for started_at and updated_at: two readings
+  // now and then round to different milliseconds, and they must be equal.
   const first = await tx.nextRevision();
   const changes = await tx.change(
     `insert into decky_lifecycle
        (id, decky_name, host_uuid, operation, status, started_at, updated_at, revision)
-     select t.id, t.decky_name, t.host_uuid, ?, 'pending', clock_timestamp(),
-            clock_timestamp(), ?::bigint + t.position - 1
-     from unnest(?::uuid[], ?::text[], ?::uuid[]) with ordinality
-       as t(id, decky_name, host_uuid, position)
+     select t.id, t.decky_name, t.host_uuid, ?, 'pending', t.at, t.at,
+            ?::bigint + t.position - 1
+     from (
+       select u.*, clock_timestamp() as at
+       from unnest(?::uuid[], ?::text[], ?::uuid[]) with ordinality
+         as u(id, decky_name, host_uuid, position)
+     ) t
      order by t.position
      on conflict (decky_name, operation) where status in ('pending', 'running')
        do nothing
@@ -79,7 +84,10 @@ export interface Move {
   readonly status: Status;
   /** Error text of a FAILED row, already cut to length. */
   readonly error: string | null;
-  /** When the work completed, for terminal moves; the database clock if unset. */
+  /**
+   * When the work completed, for terminal moves; if unset, the moment of the
+   * move, the same instant as the row's new updated_at.
+   */
   readonly completedAt: Date | null;
 }
 
@@ -96,11 +104,12 @@ export async function moveRow(
   const revision = await tx.nextRevision();
   const [change] = await tx.change(
     `update decky_lifecycle
-     set status = ?, error = ?, updated_at = clock_timestamp(),
-         completed_at = case when ? then coalesce(?::timestamptz, clock_timestamp()) end,
+     set status = ?, error = ?, updated_at = clock.at,
+         completed_at = case when ? then coalesce(?::timestamptz, clock.at) end,
          revision = ?
+     from (select clock_timestamp() as at) clock
      where id = ? and status = any(?::text[])
-     returning *`,
+     returning decky_lifecycle.*`,
     [
       move.status,
       move.error,

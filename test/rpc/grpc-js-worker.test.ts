@@ -1,0 +1,186 @@
+import { randomUUID } from "node:crypto";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import {
+  type ClientWritableStream,
+  credentials,
+  Client as GrpcClient,
+} from "@grpc/grpc-js";
+import { afterAll, beforeAll, expect, test } from "vitest";
+import {
+  type HeartbeatRequest,
+  HeartbeatRequestSchema,
+  type HeartbeatResponse,
+  HeartbeatResponseSchema,
+  type Lifecycle,
+  type LifecycleDelta,
+  LifecycleDeltaSchema,
+  LifecycleSchema,
+  LifecycleService,
+  Operation,
+  Status,
+  type WatchResponse,
+  WatchResponse_Kind,
+  WatchResponseSchema,
+} from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
+import {
+  createTestDatabase,
+  deckyName,
+  startTestServer,
+  type TestDatabase,
+  type TestServer,
+} from "../support/test-server.js";
+
+let database: TestDatabase;
+let server: TestServer;
+
+beforeAll(async () => {
+  database = await createTestDatabase();
+  server = await startTestServer(database);
+});
+
+afterAll(async () => {
+  await server?.close();
+  await database?.drop();
+});
+
+const HEARTBEAT_PATH = `/${LifecycleService.typeName}/${LifecycleService.method.heartbeat.name}`;
+
+/**
+ * A worker's Heartbeat stream on raw @grpc/grpc-js, the way a worker agent
+ * that nobody on this team writes would open it: the generated schemas only
+ * serialise the messages.
+ */
+function openHeartbeat(client: GrpcClient) {
+  let call!: ClientWritableStream<HeartbeatRequest>;
+  const response = new Promise<HeartbeatResponse>((resolve, reject) => {
+    call = client.makeClientStreamRequest<HeartbeatRequest, HeartbeatResponse>(
+      HEARTBEAT_PATH,
+      (message) => Buffer.from(toBinary(HeartbeatRequestSchema, message)),
+      (bytes) => fromBinary(HeartbeatResponseSchema, bytes),
+      (error, value) => (error ? reject(error) : resolve(value!)),
+    );
+  });
+  return { call, response };
+}
+
+function delta(row: Lifecycle, status: Status, error?: string): LifecycleDelta {
+  return create(LifecycleDeltaSchema, {
+    deckyName: row.deckyName,
+    operation: row.operation,
+    status,
+    ...(error === undefined ? {} : { error }),
+  });
+}
+
+function change(row: Lifecycle): WatchResponse {
+  return create(WatchResponseSchema, {
+    kind: WatchResponse_Kind.CHANGE,
+    revision: row.revision,
+    row,
+  });
+}
+
+test("a raw grpc-js worker's Heartbeat messages reach a Connect watcher one by one, before the worker closes its stream", async () => {
+  const host = randomUUID();
+  const accepted = await server.connect.accept({
+    operation: Operation.DEPLOY,
+    targets: [
+      { deckyName: deckyName(), hostUuid: host },
+      { deckyName: deckyName(), hostUuid: host },
+    ],
+  });
+  const [deployed, broken] = accepted.rows as [Lifecycle, Lifecycle];
+
+  const abort = new AbortController();
+  const watch = server.connect
+    .watch({ ids: accepted.lifecycleIds }, { signal: abort.signal })
+    [Symbol.asyncIterator]();
+  const nextMessage = async (): Promise<WatchResponse> => {
+    const next = await watch.next();
+    if (next.done) throw new Error("the watch ended early");
+    return next.value;
+  };
+  const worker = new GrpcClient(
+    `127.0.0.1:${server.server.port}`,
+    credentials.createInsecure(),
+  );
+  let responded = false;
+
+  try {
+    for (;;) {
+      const message = await nextMessage();
+      if (message.kind === WatchResponse_Kind.SNAPSHOT_END) break;
+    }
+    const heartbeat = openHeartbeat(worker);
+    heartbeat.response.then(
+      () => {
+        responded = true;
+      },
+      () => {
+        responded = true;
+      },
+    );
+    const send = (deltas: LifecycleDelta[]) =>
+      heartbeat.call.write(
+        create(HeartbeatRequestSchema, {
+          hostUuid: host,
+          agentVersion: "grpc-js-agent/1.0",
+          deltas,
+        }),
+      );
+
+    send([delta(deployed, Status.RUNNING), delta(broken, Status.RUNNING)]);
+    const running = [await nextMessage(), await nextMessage()];
+    expect(responded).toBe(false);
+    expect(running.map((m) => [m.kind, m.row!.id, m.row!.status])).toEqual([
+      [WatchResponse_Kind.CHANGE, deployed.id, Status.RUNNING],
+      [WatchResponse_Kind.CHANGE, broken.id, Status.RUNNING],
+    ]);
+    for (const [index, message] of running.entries()) {
+      const before = [deployed, broken][index]!;
+      expect(message).toEqual(
+        change(
+          create(LifecycleSchema, {
+            ...before,
+            status: Status.RUNNING,
+            updatedAt: message.row!.updatedAt!,
+            revision: message.revision,
+          }),
+        ),
+      );
+    }
+
+    send([delta(deployed, Status.SUCCEEDED)]);
+    const succeeded = await nextMessage();
+    expect(responded).toBe(false);
+    expect([succeeded.row!.id, succeeded.row!.status]).toEqual([
+      deployed.id,
+      Status.SUCCEEDED,
+    ]);
+
+    send([delta(broken, Status.FAILED, "image pull failed: manifest unknown")]);
+    const failed = await nextMessage();
+    expect(responded).toBe(false);
+    expect(await watch.next()).toEqual({ done: true, value: undefined });
+
+    const { rows } = await server.connect.list({ ids: accepted.lifecycleIds });
+    expect([succeeded, failed]).toEqual(
+      [deployed, broken].map((row) =>
+        change(rows.find((listed) => listed.id === row.id)!),
+      ),
+    );
+    expect(failed.row!.error).toBe("image pull failed: manifest unknown");
+
+    heartbeat.call.end();
+    expect(await heartbeat.response).toEqual(
+      create(HeartbeatResponseSchema, {
+        messages: 3,
+        applied: 4,
+        outcomes: [],
+      }),
+    );
+  } finally {
+    abort.abort();
+    worker.close();
+  }
+});
