@@ -18,7 +18,8 @@ export const MAX_QUEUED_CHANGES = 10_000;
  * One Watch stream's place in the change feed. It subscribes at once and
  * queues every change from then on, so that a snapshot or a replay of the
  * log read after subscribing, followed by the queued changes, misses
- * nothing. It ends when the caller's signal aborts.
+ * nothing. It ends when any of its signals aborts: the caller going away,
+ * or the server shutting down.
  */
 export class Watcher {
   readonly #queue: LifecycleChange[] = [];
@@ -29,7 +30,7 @@ export class Watcher {
 
   constructor(
     feed: ChangeFeed,
-    private readonly signal: AbortSignal,
+    private readonly signals: readonly AbortSignal[],
   ) {
     this.#subscription = feed.subscribe((change) => {
       if (this.#queue.length >= MAX_QUEUED_CHANGES) {
@@ -40,7 +41,13 @@ export class Watcher {
       this.#queue.push(change);
       this.#wake?.();
     });
-    signal.addEventListener("abort", this.#onAbort);
+    for (const signal of signals) {
+      signal.addEventListener("abort", this.#onAbort);
+    }
+  }
+
+  get #aborted(): boolean {
+    return this.signals.some((signal) => signal.aborted);
   }
 
   /** The newest revision the feed had delivered when the watcher joined. */
@@ -57,7 +64,7 @@ export class Watcher {
     if (this.#overflowed) return { kind: "overflowed" };
     const change = this.#queue.shift();
     if (change) return { kind: "change", change };
-    if (this.#closed || this.signal.aborted) return { kind: "closed" };
+    if (this.#closed || this.#aborted) return { kind: "closed" };
     await new Promise<void>((resolve) => {
       const timer = setTimeout(done, idleMs);
       const wake = () => done();
@@ -71,7 +78,7 @@ export class Watcher {
     if (this.#overflowed) return { kind: "overflowed" };
     const next = this.#queue.shift();
     if (next) return { kind: "change", change: next };
-    if (this.#closed || this.signal.aborted) return { kind: "closed" };
+    if (this.#closed || this.#aborted) return { kind: "closed" };
     return { kind: "idle" };
   }
 
@@ -79,7 +86,9 @@ export class Watcher {
     if (this.#closed) return;
     this.#closed = true;
     this.#subscription.close();
-    this.signal.removeEventListener("abort", this.#onAbort);
+    for (const signal of this.signals) {
+      signal.removeEventListener("abort", this.#onAbort);
+    }
     this.#queue.length = 0;
     this.#wake?.();
   }

@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import {
   type DeltaOutcome,
@@ -43,13 +44,14 @@ export async function applyHeartbeats(
   messages: AsyncIterable<HeartbeatRequest>,
   em: EntityManager,
   feed: ChangeFeed,
+  shutdownSignal: AbortSignal,
 ): Promise<HeartbeatResponse> {
   let streamHost: string | undefined;
   let count = 0;
   let applied = 0;
   const outcomes: DeltaOutcome[] = [];
 
-  for await (const request of messages) {
+  for await (const request of untilShutdown(messages, shutdownSignal)) {
     const messageIndex = count;
     const hostUuid = checkUuid("host_uuid", request.hostUuid);
     if (streamHost !== undefined && hostUuid !== streamHost) {
@@ -100,4 +102,39 @@ export async function applyHeartbeats(
     applied,
     outcomes,
   });
+}
+
+/**
+ * The stream's messages until the server shuts down; then the call ends with
+ * UNAVAILABLE, so the worker opens a new stream elsewhere or later and sends
+ * again whatever it has not seen acknowledged. A message already received is
+ * applied first.
+ */
+async function* untilShutdown(
+  messages: AsyncIterable<HeartbeatRequest>,
+  shutdownSignal: AbortSignal,
+): AsyncGenerator<HeartbeatRequest> {
+  const iterator = messages[Symbol.asyncIterator]();
+  let onShutdown: (() => void) | undefined;
+  const shutdown = new Promise<"shutdown">((resolve) => {
+    onShutdown = () => resolve("shutdown");
+    if (shutdownSignal.aborted) onShutdown();
+    shutdownSignal.addEventListener("abort", onShutdown);
+  });
+  try {
+    for (;;) {
+      const next = await Promise.race([iterator.next(), shutdown]);
+      if (next === "shutdown") {
+        throw new ConnectError(
+          "the server is shutting down; open a new stream and send unacknowledged deltas again",
+          Code.Unavailable,
+        );
+      }
+      if (next.done) return;
+      yield next.value;
+    }
+  } finally {
+    if (onShutdown) shutdownSignal.removeEventListener("abort", onShutdown);
+    void iterator.return?.();
+  }
 }

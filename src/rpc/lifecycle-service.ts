@@ -116,7 +116,12 @@ export function lifecycleRoutes(services: Services) {
       },
 
       heartbeat(requests, context) {
-        return applyHeartbeats(requests, entityManager(context), feed);
+        return applyHeartbeats(
+          requests,
+          entityManager(context),
+          feed,
+          services.shutdownSignal,
+        );
       },
 
       async report(request, context) {

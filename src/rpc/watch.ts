@@ -55,7 +55,7 @@ export async function* watchRows(
   signal: AbortSignal,
   shutdownSignal: AbortSignal,
 ): AsyncGenerator<WatchResponse> {
-  const watcher = new Watcher(feed, AbortSignal.any([signal, shutdownSignal]));
+  const watcher = new Watcher(feed, [signal, shutdownSignal]);
   try {
     const byIds = query.ids.length > 0;
     const open = new Set<string>();
