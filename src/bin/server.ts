@@ -4,7 +4,7 @@ import {
   SettingsError,
 } from "../config/settings.js";
 import { createLogger } from "../logging/logger.js";
-import { startServer } from "../server/start-server.js";
+import { type RunningServer, startServer } from "../server/start-server.js";
 
 const bootLogger = createLogger("info");
 let settings: Settings;
@@ -16,20 +16,32 @@ try {
   process.exit(2);
 }
 const logger = createLogger(settings.logLevel);
+
+function stopAndExit(server: RunningServer): void {
+  server.close().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      logger.error({ err: error }, "could not stop cleanly");
+      process.exit(1);
+    },
+  );
+}
+
+// Listening from the start: a signal that arrives while the database opens
+// stops the server once it is up, so that it still releases the data
+// directory and the database cleanly.
+let running: RunningServer | undefined;
+let stopRequested = false;
+const stop = (signal: NodeJS.Signals) => {
+  logger.info({ signal }, "stopping");
+  stopRequested = true;
+  if (running) stopAndExit(running);
+};
+process.once("SIGTERM", stop);
+process.once("SIGINT", stop);
+
 try {
-  const server = await startServer(settings, logger);
-  const stop = (signal: string) => {
-    logger.info({ signal }, "stopping");
-    server.close().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        logger.error({ err: error }, "could not stop cleanly");
-        process.exit(1);
-      },
-    );
-  };
-  process.once("SIGTERM", () => stop("SIGTERM"));
-  process.once("SIGINT", () => stop("SIGINT"));
+  running = await startServer(settings, logger);
 } catch (error) {
   logger.fatal(
     { err: error },
@@ -37,3 +49,4 @@ try {
   );
   process.exit(1);
 }
+if (stopRequested) stopAndExit(running);

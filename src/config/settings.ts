@@ -1,16 +1,40 @@
 import { z } from "zod";
 
-const port = z.coerce
-  .number({ error: "must be a number" })
-  .int("must be a whole number")
-  .min(0, "must be between 0 and 65535")
-  .max(65535, "must be between 0 and 65535");
+// Decimal digits only: Number() would also read " " as 0, "0x50" as 80 and
+// "8e3" as 8000, so a typo would quietly pick another port or interval.
+const wholeNumber = (unit: string) =>
+  z
+    .string()
+    .regex(/^[+-]?\d+$/, `must be a whole number${unit}`)
+    .transform(Number);
 
-const durationMs = (min: number) =>
-  z.coerce
-    .number({ error: "must be a number of milliseconds" })
-    .int("must be a whole number of milliseconds")
-    .min(min, `must be at least ${min} ms`);
+const port = wholeNumber("").pipe(
+  z
+    .number()
+    .min(0, "must be between 0 and 65535")
+    .max(65535, "must be between 0 and 65535"),
+);
+
+// Timers cannot wait longer than this; Node fires a longer one at once.
+const MAX_TIMER_MS = 2_147_483_647;
+
+const durationMs = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  wholeNumber(" of milliseconds").pipe(
+    z
+      .number()
+      .min(min, `must be at least ${min} ms`)
+      .max(max, `must be at most ${max} ms`),
+  );
+
+const LOG_LEVELS = [
+  "fatal",
+  "error",
+  "warn",
+  "info",
+  "debug",
+  "trace",
+  "silent",
+] as const;
 
 const schema = z.object({
   PORT: port.default(8080),
@@ -20,10 +44,10 @@ const schema = z.object({
     .regex(/^postgres(ql)?:\/\//, "must be a postgres:// or postgresql:// URL")
     .optional(),
   DATA_DIR: z.string().min(1, "must not be empty").default("./.data"),
-  KEEPALIVE_INTERVAL_MS: durationMs(10).default(15_000),
+  KEEPALIVE_INTERVAL_MS: durationMs(10, MAX_TIMER_MS).default(15_000),
   CHANGE_RETENTION_MS: durationMs(60_000).default(7 * 24 * 3600 * 1000),
   LOG_LEVEL: z
-    .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])
+    .enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` })
     .default("info"),
 });
 
@@ -60,10 +84,10 @@ export function loadSettings(
   );
   const parsed = schema.safeParse(present);
   if (!parsed.success) {
-    const problems = parsed.error.issues.map(
-      (issue) =>
-        `${issue.path.join(".")}=${JSON.stringify(present[String(issue.path[0])])} ${issue.message}`,
-    );
+    const problems = parsed.error.issues.map((issue) => {
+      const value = present[String(issue.path[0])] ?? "";
+      return `${issue.path.join(".")}=${JSON.stringify(withoutPassword(value))} ${issue.message}`;
+    });
     throw new SettingsError(`invalid settings: ${problems.join("; ")}`);
   }
   const value = parsed.data;
@@ -76,4 +100,9 @@ export function loadSettings(
     changeRetentionMs: value.CHANGE_RETENTION_MS,
     logLevel: value.LOG_LEVEL,
   };
+}
+
+/** A URL's password would end up in logs; the rest is needed to spot a typo. */
+function withoutPassword(value: string): string {
+  return value.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*):[^@/]*@/i, "$1:***@");
 }

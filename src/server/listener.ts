@@ -13,10 +13,13 @@ type RequestHandler = (
 /** One TCP listener that serves cleartext HTTP/2 and HTTP/1.1. */
 export interface DualProtocolListener {
   readonly tcp: net.Server;
-  readonly http1: http.Server;
-  readonly http2: http2.Http2Server;
-  /** Open HTTP/2 sessions, for shutdown. */
-  readonly sessions: Set<http2.Http2Session>;
+  /**
+   * Stops taking connections and closes the open ones: HTTP/2 sessions get a
+   * GOAWAY and end when their streams do, HTTP/1.1 connections end once the
+   * call in flight on them is answered. Whatever is still open after
+   * `graceMs` is cut. Resolves when every connection is gone.
+   */
+  close(graceMs: number): Promise<void>;
 }
 
 /**
@@ -25,6 +28,11 @@ export interface DualProtocolListener {
  * HTTP/1.1 (what browsers send) on one port. Node's HTTP/2 server only falls
  * back to HTTP/1.1 under TLS, so each new connection is routed by its first
  * bytes: the HTTP/2 preface, or anything else.
+ *
+ * The listener keeps track of the connections itself: the HTTP servers
+ * never listen, so Node's own tracking (closeIdleConnections) sees none of
+ * them, and a destroyed HTTP/2 session that was closed gracefully first
+ * still waits for its peer to hang up.
  */
 export function createDualProtocolListener(
   handler: RequestHandler,
@@ -32,12 +40,39 @@ export function createDualProtocolListener(
   const http1 = http.createServer(handler);
   const h2 = http2.createServer({}, handler);
   const sessions = new Set<http2.Http2Session>();
+  const connections = new Set<net.Socket>();
+  const http2Connections = new Set<net.Socket>();
+  // HTTP/1.1 calls in flight on each connection; an HTTP/1.1 connection
+  // absent here is idle between calls.
+  const callsInFlight = new Map<net.Socket, number>();
+  let closing = false;
+
   h2.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
+    if (closing) session.close();
+  });
+  http1.on("request", (request: http.IncomingMessage, response) => {
+    const { socket } = request;
+    callsInFlight.set(socket, (callsInFlight.get(socket) ?? 0) + 1);
+    response.once("close", () => {
+      const left = (callsInFlight.get(socket) ?? 1) - 1;
+      if (left > 0) {
+        callsInFlight.set(socket, left);
+        return;
+      }
+      callsInFlight.delete(socket);
+      if (closing) socket.end();
+    });
   });
 
   const tcp = net.createServer((socket) => {
+    connections.add(socket);
+    socket.once("close", () => {
+      connections.delete(socket);
+      http2Connections.delete(socket);
+      callsInFlight.delete(socket);
+    });
     let head = Buffer.alloc(0);
     const route = (chunk: Buffer) => {
       head = Buffer.concat([head, chunk]);
@@ -50,6 +85,7 @@ export function createDualProtocolListener(
       socket.pause();
       socket.unshift(head);
       if (isHttp2) {
+        http2Connections.add(socket);
         // The HTTP/2 session reads the unshifted preface from the socket's
         // buffer itself and then takes the socket over.
         h2.emit("connection", socket);
@@ -61,5 +97,21 @@ export function createDualProtocolListener(
     socket.on("data", route);
     socket.on("error", () => socket.destroy());
   });
-  return { tcp, http1, http2: h2, sessions };
+
+  const close = async (graceMs: number) => {
+    closing = true;
+    const stopped = new Promise<void>((resolve) => tcp.close(() => resolve()));
+    for (const session of sessions) session.close();
+    for (const socket of connections) {
+      if (!http2Connections.has(socket) && !callsInFlight.has(socket)) {
+        socket.end();
+      }
+    }
+    const cut = setTimeout(() => {
+      for (const socket of connections) socket.destroy();
+    }, graceMs);
+    await stopped;
+    clearTimeout(cut);
+  };
+  return { tcp, close };
 }

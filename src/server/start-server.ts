@@ -25,6 +25,8 @@ import { createDualProtocolListener } from "./listener.js";
 /** Largest request message the server reads. */
 export const READ_MAX_BYTES = 4 * 1024 * 1024;
 const POSTGRES_POOL_SIZE = 10;
+/** How long calls in flight get to finish when the server stops. */
+const SHUTDOWN_GRACE_MS = 2000;
 
 /** A server that is listening; `close` stops it and releases everything. */
 export interface RunningServer {
@@ -114,17 +116,7 @@ async function serve(
   const close = () => {
     closing ??= (async () => {
       shutdown.abort();
-      const stopped = new Promise<void>((resolve) =>
-        listener.tcp.close(() => resolve()),
-      );
-      for (const session of listener.sessions) session.close();
-      listener.http1.closeIdleConnections();
-      const grace = setTimeout(() => {
-        for (const session of listener.sessions) session.destroy();
-        listener.http1.closeAllConnections();
-      }, 2000);
-      await stopped;
-      clearTimeout(grace);
+      await listener.close(SHUTDOWN_GRACE_MS);
       await feed.close();
       await orm.close(true);
       await embedded?.close();
