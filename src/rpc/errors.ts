@@ -68,15 +68,19 @@ export function toConnectError(error: unknown): ConnectError {
  * The one place errors cross the RPC boundary: converts them and logs each
  * call's outcome, failures with their cause.
  */
-export function errorInterceptor(logger: Logger): Interceptor {
+export function errorInterceptor(
+  logger: Logger,
+  shutdownSignal: AbortSignal,
+): Interceptor {
   return (next) => async (request) => {
     const method = request.method.name;
     const fail = (error: unknown): never => {
       const converted = toConnectError(error);
+      // Streams that the server ends while shutting down are expected.
       const level =
         converted.code === Code.Internal
           ? "error"
-          : converted.code === Code.Unavailable
+          : converted.code === Code.Unavailable && !shutdownSignal.aborted
             ? "warn"
             : "info";
       if (converted.code === Code.Canceled || request.signal.aborted) {

@@ -15,14 +15,14 @@ export interface HistoryPruner {
 
 /**
  * Prunes the change log (changes older than `retentionMs`) and old Accept
- * keys at start-up and then every ten minutes. A failed prune is logged and
- * tried again on the next turn.
+ * keys once, then every ten minutes. A failed prune is logged and tried
+ * again on the next turn.
  */
-export function startHistoryPruner(
+export async function startHistoryPruner(
   orm: MikroORM,
   retentionMs: number,
   logger: Logger,
-): HistoryPruner {
+): Promise<HistoryPruner> {
   let running: Promise<void> | undefined;
   const prune = () => {
     running ??= pruneHistory(
@@ -44,6 +44,7 @@ export function startHistoryPruner(
     );
   };
   prune();
+  await running;
   const timer = setInterval(prune, PRUNE_INTERVAL_MS);
   timer.unref();
   return {

@@ -5,6 +5,9 @@ import net from "node:net";
 /** The bytes every HTTP/2 connection with prior knowledge opens with. */
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
+/** How long a new connection may take to send its first bytes. */
+const FIRST_BYTES_TIMEOUT_MS = 10_000;
+
 type RequestHandler = (
   request: http.IncomingMessage | http2.Http2ServerRequest,
   response: http.ServerResponse | http2.Http2ServerResponse,
@@ -82,6 +85,7 @@ export function createDualProtocolListener(
         .equals(HTTP2_PREFACE.subarray(0, compared));
       if (isHttp2 && head.length < HTTP2_PREFACE.length) return;
       socket.off("data", route);
+      socket.setTimeout(0);
       socket.pause();
       socket.unshift(head);
       if (isHttp2) {
@@ -96,6 +100,9 @@ export function createDualProtocolListener(
     };
     socket.on("data", route);
     socket.on("error", () => socket.destroy());
+    // A connection that never says which protocol it speaks holds a socket
+    // and nothing else; drop it.
+    socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, () => socket.destroy());
   });
 
   const close = async (graceMs: number) => {

@@ -20,6 +20,7 @@ import {
 } from "../storage/lifecycle-reads.js";
 import { openOrm } from "../storage/orm.js";
 import { loadServiceSecret } from "../storage/service-secrets.js";
+import { startHistoryPruner } from "./history-pruner.js";
 import { createDualProtocolListener } from "./listener.js";
 
 /** Largest request message the server reads. */
@@ -82,6 +83,11 @@ async function serve(
     logger,
   );
   const shutdown = new AbortController();
+  const pruner = await startHistoryPruner(
+    orm,
+    settings.changeRetentionMs,
+    logger,
+  );
 
   const handler = connectNodeAdapter({
     routes: lifecycleRoutes({
@@ -91,7 +97,7 @@ async function serve(
       keepaliveIntervalMs: settings.keepaliveIntervalMs,
       shutdownSignal: shutdown.signal,
     }),
-    interceptors: [errorInterceptor(logger)],
+    interceptors: [errorInterceptor(logger, shutdown.signal)],
     readMaxBytes: READ_MAX_BYTES,
     contextValues: () =>
       createContextValues().set(entityManagerKey, orm.em.fork()),
@@ -117,6 +123,7 @@ async function serve(
     closing ??= (async () => {
       shutdown.abort();
       await listener.close(SHUTDOWN_GRACE_MS);
+      await pruner.stop();
       await feed.close();
       await orm.close(true);
       await embedded?.close();
