@@ -116,6 +116,24 @@ export function validateAccept(request: AcceptRequest): AcceptCommand {
   };
 }
 
+/** The decky_name, host_uuid and operation filters List and Watch share. */
+function fieldFilter(request: {
+  readonly deckyName?: string | undefined;
+  readonly hostUuid?: string | undefined;
+  readonly operation: OperationEnum;
+}): RowFilter {
+  const operation = optionalOperation(request.operation);
+  return {
+    ...(request.deckyName === undefined
+      ? {}
+      : { deckyName: checkDeckyName("decky_name", request.deckyName) }),
+    ...(request.hostUuid === undefined
+      ? {}
+      : { hostUuid: checkUuid("host_uuid", request.hostUuid) }),
+    ...(operation === undefined ? {} : { operation }),
+  };
+}
+
 /** A validated List. */
 export interface ListQuery {
   readonly filter: RowFilter;
@@ -136,16 +154,9 @@ export function validateList(request: ListRequest): ListQuery {
   if (request.pageSize < 0) {
     throw invalidArgument(`page_size ${request.pageSize} must not be negative`);
   }
-  const operation = optionalOperation(request.operation);
   const filter: RowFilter = {
     ids: checkIds(request.ids, false),
-    ...(request.deckyName === undefined
-      ? {}
-      : { deckyName: checkDeckyName("decky_name", request.deckyName) }),
-    ...(request.hostUuid === undefined
-      ? {}
-      : { hostUuid: checkUuid("host_uuid", request.hostUuid) }),
-    ...(operation === undefined ? {} : { operation }),
+    ...fieldFilter(request),
     statuses: [...new Set(statuses)],
   };
   return {
@@ -168,16 +179,7 @@ export function validateWatch(request: WatchRequest): WatchQuery {
       `after_revision ${request.afterRevision} must not be negative`,
     );
   }
-  const operation = optionalOperation(request.operation);
-  const filter: RowFilter = {
-    ...(request.deckyName === undefined
-      ? {}
-      : { deckyName: checkDeckyName("decky_name", request.deckyName) }),
-    ...(request.hostUuid === undefined
-      ? {}
-      : { hostUuid: checkUuid("host_uuid", request.hostUuid) }),
-    ...(operation === undefined ? {} : { operation }),
-  };
+  const filter = fieldFilter(request);
   const ids = checkIds(request.ids, false);
   if (ids.length > 0 && Object.keys(filter).length > 0) {
     throw invalidArgument(

@@ -1,21 +1,14 @@
 import { Migrator } from "@mikro-orm/migrations";
 import { MikroORM } from "@mikro-orm/postgresql";
 import type { Logger } from "pino";
+import type { EmbeddedDatabase } from "./embedded-database.js";
 import { entities } from "./entities/index.js";
 import { migrationsList } from "./migrations/index.js";
 
 /** Where the ORM connects: a URL, or options for the embedded database. */
 export type DatabaseTarget =
   | { readonly url: string }
-  | {
-      readonly connection: {
-        host: string;
-        port: number;
-        user: string;
-        password: string;
-        dbName: string;
-      };
-    };
+  | { readonly connection: EmbeddedDatabase["connection"] };
 
 /**
  * Opens the ORM on `target` and applies every pending migration. The embedded
