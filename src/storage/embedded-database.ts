@@ -129,11 +129,11 @@ async function lockDataDir(
   logger: Logger,
 ): Promise<() => Promise<void>> {
   const pidFile = join(dir, "decky-lifecycle.pid");
+  const lockPath = join(dir, "decky-lifecycle.lock");
   let compromised = false;
-  let release: () => Promise<void>;
-  try {
-    release = await lockfile.lock(dir, {
-      lockfilePath: join(dir, "decky-lifecycle.lock"),
+  const take = () =>
+    lockfile.lock(dir, {
+      lockfilePath: lockPath,
       stale: LOCK_STALE_MS,
       onCompromised: (err) => {
         compromised = true;
@@ -143,16 +143,31 @@ async function lockDataDir(
         );
       },
     });
+  let release: () => Promise<void>;
+  try {
+    release = await take();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ELOCKED") throw err;
-    const pid = await readFile(pidFile, "utf8").catch(() => "unknown");
-    throw new Error(
-      `data directory ${dir} is in use by another decky-lifecycle process ` +
-        `(pid ${pid.trim() || "unknown"}); stop it or set DATA_DIR to another directory`,
-      { cause: err },
+    const pid = Number.parseInt(
+      await readFile(pidFile, "utf8").catch(() => ""),
+      10,
     );
+    if (!isGone(pid)) {
+      throw new Error(
+        `data directory ${dir} is in use by another decky-lifecycle process ` +
+          `(pid ${Number.isNaN(pid) ? "unknown" : pid}); stop it or set DATA_DIR to another directory`,
+        { cause: err },
+      );
+    }
+    // The holder crashed on this machine: its lock would go stale within
+    // LOCK_STALE_MS, but nobody needs to wait for that.
+    logger.warn(
+      { dataDir: dir, pid },
+      "taking over the data directory from a process that is gone",
+    );
+    await rm(lockPath, { recursive: true, force: true });
+    release = await take();
   }
-
   let released: Promise<void> | undefined;
   const releaseOnce = () => {
     released ??= (async () => {
@@ -171,4 +186,15 @@ async function lockDataDir(
     throw err;
   }
   return releaseOnce;
+}
+
+/** Whether `pid` names no running process on this machine. */
+function isGone(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "ESRCH";
+  }
 }

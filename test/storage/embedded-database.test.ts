@@ -7,30 +7,15 @@ import {
   utimes,
   writeFile,
 } from "node:fs/promises";
-import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import pg from "pg";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
   type EmbeddedDatabase,
   openEmbeddedDatabase,
 } from "../../src/storage/embedded-database.js";
-
-// pg ships without type declarations and @types/pg is not a dependency, so
-// load it untyped and describe only the part these tests use.
-interface PgClient {
-  connect(): Promise<void>;
-  query<Row>(sql: string): Promise<{ rows: Row[] }>;
-  end(): Promise<void>;
-}
-const pg = createRequire(import.meta.url)("pg") as {
-  Client: new (
-    config: EmbeddedDatabase["connection"] & {
-      database: string;
-    },
-  ) => PgClient;
-};
 
 const MODULE_URL = new URL(
   "../../src/storage/embedded-database.ts",
@@ -61,7 +46,7 @@ async function open(dir = dataDir): Promise<EmbeddedDatabase> {
 
 async function withClient<T>(
   db: EmbeddedDatabase,
-  use: (client: PgClient) => Promise<T>,
+  use: (client: pg.Client) => Promise<T>,
 ): Promise<T> {
   const client = new pg.Client({
     ...db.connection,
@@ -75,7 +60,7 @@ async function withClient<T>(
   }
 }
 
-async function selectOne(client: PgClient): Promise<unknown[]> {
+async function selectOne(client: pg.Client): Promise<unknown[]> {
   return (await client.query("select 1 as one")).rows;
 }
 
@@ -152,6 +137,19 @@ describe("openEmbeddedDatabase", { timeout: SLOW }, () => {
     expect(pid).toBe(`${process.pid}\n`);
   });
 
+  it("takes over at once from a holder that is gone, before its lock is stale", async () => {
+    const gone = spawn(process.execPath, ["-e", ""]);
+    await new Promise((resolve) => gone.once("exit", resolve));
+    await mkdir(join(dataDir, "decky-lifecycle.lock"), { recursive: true });
+    await writeFile(join(dataDir, "decky-lifecycle.pid"), `${gone.pid}\n`);
+
+    const db = await open();
+
+    expect(await withClient(db, selectOne)).toEqual([{ one: 1 }]);
+    const pid = await readFile(join(dataDir, "decky-lifecycle.pid"), "utf8");
+    expect(pid).toBe(`${process.pid}\n`);
+  });
+
   it("falls back to TCP on localhost when the socket path would be too long", async () => {
     const longDir = join(dataDir, "d".repeat(100));
 
@@ -168,7 +166,8 @@ function runChild(
   dir: string,
 ): Promise<{ code: number | null; stderr: string }> {
   const script = `
-    import { pino } from "pino";
+    import pg from "pg";
+import { pino } from "pino";
     const { openEmbeddedDatabase } = await import(process.argv[1]);
     try {
       const logger = pino({ level: "silent" });
