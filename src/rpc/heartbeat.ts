@@ -49,6 +49,9 @@ export async function applyHeartbeats(
   let streamHost: string | undefined;
   let count = 0;
   let applied = 0;
+  // Known shortcoming: the contract answers with every refused delta when the
+  // stream closes, so they are held until then; a stream kept open for days
+  // by a worker that keeps sending refused deltas grows without bound.
   const outcomes: DeltaOutcome[] = [];
 
   for await (const request of untilShutdown(messages, shutdownSignal)) {
