@@ -20,6 +20,11 @@ import { checkText, invalidArgument, quote } from "./invalid.js";
 import { checkUuid } from "./validate.js";
 
 const MAX_AGENT_VERSION_LENGTH = 200;
+/**
+ * Deltas one message may carry. A message is one transaction under the
+ * revision lock, so its size bounds how long it keeps other writers waiting.
+ */
+export const MAX_DELTAS_PER_MESSAGE = 500;
 
 function deltaInput(delta: LifecycleDelta): DeltaInput {
   return {
@@ -64,6 +69,11 @@ export async function applyHeartbeats(
     }
     streamHost = hostUuid;
     checkText("agent_version", request.agentVersion, MAX_AGENT_VERSION_LENGTH);
+    if (request.deltas.length > MAX_DELTAS_PER_MESSAGE) {
+      throw invalidArgument(
+        `deltas of message ${messageIndex} has ${request.deltas.length} entries; at most ${MAX_DELTAS_PER_MESSAGE} are allowed`,
+      );
+    }
 
     const { result, changes } = await inWriteTransaction(em, async (tx) => {
       await recordHeartbeat(tx, hostUuid, request.agentVersion);

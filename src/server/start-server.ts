@@ -1,4 +1,4 @@
-import { once } from "node:events";
+import { once, setMaxListeners } from "node:events";
 import type { AddressInfo } from "node:net";
 import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -83,6 +83,8 @@ async function serve(
     logger,
   );
   const shutdown = new AbortController();
+  // Every open Watch and Heartbeat stream listens for the shutdown.
+  setMaxListeners(0, shutdown.signal);
   const pruner = await startHistoryPruner(
     orm,
     settings.changeRetentionMs,
@@ -99,6 +101,9 @@ async function serve(
     }),
     interceptors: [errorInterceptor(logger, shutdown.signal)],
     readMaxBytes: READ_MAX_BYTES,
+    // A misspelt field or enum name must fail the call, not be dropped and
+    // quietly widen a filter or lose a host.
+    jsonOptions: { ignoreUnknownFields: false },
     contextValues: () =>
       createContextValues().set(entityManagerKey, orm.em.fork()),
   });

@@ -35,7 +35,17 @@ export async function openOrm(
     extensions: [Migrator],
     discovery: { warnWhenNoEntities: false },
     allowGlobalContext: false,
+    ensureDatabase: false,
     pool: {
+      // Timestamps come back as text; their shape must not depend on the
+      // database's DateStyle.
+      afterCreate: (
+        connection: { query(sql: string, done: (error?: Error) => void): void },
+        done: (error: Error | undefined, connection: unknown) => void,
+      ) =>
+        connection.query("set datestyle to iso", (error) =>
+          done(error, connection),
+        ),
       min: 0,
       max: options.poolSize,
       acquireTimeoutMillis: options.connectTimeoutMs ?? 10_000,
@@ -55,6 +65,13 @@ export async function openOrm(
     logger: (message) => logger.trace({ orm: message }, "orm"),
     debug: false,
   });
+  // The migrator creates a missing database; a server pointed at a misspelt
+  // one must stop instead.
+  const connection = await orm.checkConnection();
+  if (!connection.ok) {
+    await orm.close(true);
+    throw new Error(`cannot use the database: ${connection.reason}`);
+  }
   const applied = await orm.getMigrator().up();
   if (applied.length > 0) {
     logger.info(

@@ -990,3 +990,26 @@ test("Heartbeat stores a completed_at at the end of the Timestamp range", async 
     timestampDate((await listRow(row.id)).completedAt!).toISOString(),
   ).toBe("9999-12-31T23:59:59.999Z");
 });
+
+test("Heartbeat refuses a message of more than 500 deltas and applies none of it", async () => {
+  const host = randomUUID();
+  const name = deckyName();
+  const row = await accept(name, host);
+  const before = await listRow(row.id);
+  const deltas: DeltaInit[] = Array.from({ length: 501 }, () => ({
+    deckyName: name,
+    operation: Operation.DEPLOY,
+    status: Status.RUNNING,
+  }));
+
+  const failure = await heartbeat(host, deltas).then(
+    () => undefined,
+    (error: unknown) => ConnectError.from(error),
+  );
+
+  expect(failure?.code).toBe(Code.InvalidArgument);
+  expect(failure?.rawMessage).toBe(
+    "deltas of message 0 has 501 entries; at most 500 are allowed",
+  );
+  expect(await listRow(row.id)).toEqual(before);
+});
