@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, expect, test } from "vitest";
+import { expect, test } from "vitest";
 import {
   Operation,
   Status,
@@ -6,26 +6,9 @@ import {
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import { moveRow } from "../../src/storage/lifecycle-writes.js";
 import { inWriteTransaction } from "../../src/storage/write-transaction.js";
-import {
-  createTestDatabase,
-  deckyName,
-  startTestServer,
-  type TestDatabase,
-  type TestServer,
-} from "../support/test-server.js";
+import { deckyName, serveThisFile } from "../support/test-server.js";
 
-let database: TestDatabase;
-let server: TestServer;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.close();
-  await database?.drop();
-});
+const server = serveThisFile();
 
 test("a change whose writer never published it still reaches watchers, in revision order", async () => {
   const { lifecycleIds } = await server.grpc.accept({

@@ -1,33 +1,16 @@
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { afterAll, beforeAll, expect, test } from "vitest";
+import { expect, test } from "vitest";
 import {
   type Lifecycle,
   LifecycleSchema,
   Operation,
   Status,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
-import {
-  createTestDatabase,
-  deckyName,
-  startTestServer,
-  type TestDatabase,
-  type TestServer,
-} from "../support/test-server.js";
+import { deckyName, serveThisFile } from "../support/test-server.js";
 
-let database: TestDatabase;
-let server: TestServer;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.close();
-  await database?.drop();
-});
+const server = serveThisFile();
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 

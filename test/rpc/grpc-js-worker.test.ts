@@ -5,7 +5,7 @@ import {
   credentials,
   Client as GrpcClient,
 } from "@grpc/grpc-js";
-import { afterAll, beforeAll, expect, test } from "vitest";
+import { expect, test } from "vitest";
 import {
   type HeartbeatRequest,
   HeartbeatRequestSchema,
@@ -22,26 +22,9 @@ import {
   WatchResponse_Kind,
   WatchResponseSchema,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
-import {
-  createTestDatabase,
-  deckyName,
-  startTestServer,
-  type TestDatabase,
-  type TestServer,
-} from "../support/test-server.js";
+import { deckyName, serveThisFile } from "../support/test-server.js";
 
-let database: TestDatabase;
-let server: TestServer;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.close();
-  await database?.drop();
-});
+const server = serveThisFile();
 
 const HEARTBEAT_PATH = `/${LifecycleService.typeName}/${LifecycleService.method.heartbeat.name}`;
 

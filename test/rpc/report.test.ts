@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
-import { afterAll, beforeAll, expect, test } from "vitest";
+import { expect, test } from "vitest";
 import {
   type Lifecycle,
   LifecycleSchema,
@@ -10,26 +10,9 @@ import {
   Operation,
   Status,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
-import {
-  createTestDatabase,
-  deckyName,
-  startTestServer,
-  type TestDatabase,
-  type TestServer,
-} from "../support/test-server.js";
+import { deckyName, serveThisFile } from "../support/test-server.js";
 
-let database: TestDatabase;
-let server: TestServer;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.close();
-  await database?.drop();
-});
+const server = serveThisFile();
 
 type LifecycleClient = Client<typeof LifecycleService>;
 

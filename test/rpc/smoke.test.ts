@@ -1,29 +1,12 @@
-import { afterAll, beforeAll, expect, test } from "vitest";
+import { expect, test } from "vitest";
 import {
   Operation,
   Status,
   WatchResponse_Kind,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
-import {
-  createTestDatabase,
-  deckyName,
-  startTestServer,
-  type TestDatabase,
-  type TestServer,
-} from "../support/test-server.js";
+import { deckyName, serveThisFile } from "../support/test-server.js";
 
-let database: TestDatabase;
-let server: TestServer;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.close();
-  await database?.drop();
-});
+const server = serveThisFile();
 
 test("a row accepted over gRPC is watched over Connect until it succeeds", async () => {
   const name = deckyName();

@@ -10,6 +10,7 @@ import {
 } from "@connectrpc/connect-node";
 import pg from "pg";
 import { pino } from "pino";
+import { afterAll, beforeAll } from "vitest";
 import { LifecycleService } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import { loadSettings, type Settings } from "../../src/config/settings.js";
 import {
@@ -126,4 +127,28 @@ export async function startTestServer(
 /** A random decky name, unique within a test run. */
 export function deckyName(prefix = "decky"): string {
   return `${prefix}-${randomBytes(4).toString("hex")}`;
+}
+
+/**
+ * Gives the calling test file its own database and server: both start in
+ * `beforeAll` and stop in `afterAll`. The returned object stands for the
+ * server once `beforeAll` has run; every property reads through to it.
+ */
+export function serveThisFile(env: Record<string, string> = {}): TestServer {
+  let database: TestDatabase | undefined;
+  let server: TestServer | undefined;
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    server = await startTestServer(database, env);
+  });
+  afterAll(async () => {
+    await server?.close();
+    await database?.drop();
+  });
+  return new Proxy({} as TestServer, {
+    get(_, property) {
+      if (!server) throw new Error("the test server starts in beforeAll");
+      return server[property as keyof TestServer];
+    },
+  });
 }
