@@ -126,7 +126,7 @@ export async function startTestServer(
 
 /** A random decky name, unique within a test run. */
 export function deckyName(prefix = "decky"): string {
-  return `${prefix}-${randomBytes(4).toString("hex")}`;
+  return `${prefix}-${randomBytes(8).toString("hex")}`;
 }
 
 /**
