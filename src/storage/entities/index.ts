@@ -1,4 +1,5 @@
 import { AcceptRequestSchema } from "./accept-request.entity.js";
+import { ApiTokenSchema } from "./api-token.entity.js";
 import { LifecycleChangeSchema } from "./lifecycle-change.entity.js";
 import { LifecycleRowSchema } from "./lifecycle-row.entity.js";
 import { RevisionCounterSchema } from "./revision-counter.entity.js";
@@ -13,4 +14,5 @@ export const entities = [
   AcceptRequestSchema,
   WorkerHostSchema,
   ServiceSecretSchema,
+  ApiTokenSchema,
 ];

@@ -29,6 +29,12 @@ export const LifecycleRowSchema = new EntitySchema<LifecycleRowEntity>({
         on decky_lifecycle (decky_name, operation)
         where status in ('pending', 'running')`,
     },
+    {
+      name: "decky_lifecycle_open_updated_at_index",
+      expression: `create index decky_lifecycle_open_updated_at_index
+        on decky_lifecycle (updated_at)
+        where status in ('pending', 'running')`,
+    },
   ],
   checks: [
     {

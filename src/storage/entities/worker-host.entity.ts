@@ -1,20 +1,52 @@
 import { EntitySchema } from "@mikro-orm/core";
 
-/** A worker host as last seen by a Heartbeat message. */
+/** Where a worker host stands. */
+export const HOST_STATES = [
+  "enrolled",
+  "alive",
+  "lost",
+  "decommissioned",
+] as const;
+
+/** A worker host: enrolled by an operator, or first seen by a heartbeat. */
 export interface WorkerHostEntity {
   hostUuid: string;
-  agentVersion: string;
-  firstSeenAt: Date;
-  lastHeartbeatAt: Date;
+  state: (typeof HOST_STATES)[number];
+  name?: string | null;
+  agentVersion?: string | null;
+  firstSeenAt?: Date | null;
+  lastHeartbeatAt?: Date | null;
+  enrolledAt?: Date | null;
+  lostAt?: Date | null;
+  decommissionedAt?: Date | null;
+  certificateFingerprint?: string | null;
 }
+
+const moment = {
+  type: "datetime",
+  columnType: "timestamptz(3)",
+  nullable: true,
+} as const;
 
 export const WorkerHostSchema = new EntitySchema<WorkerHostEntity>({
   name: "WorkerHost",
   tableName: "worker_host",
+  indexes: [
+    {
+      name: "worker_host_state_last_heartbeat_at_index",
+      properties: ["state", "lastHeartbeatAt"],
+    },
+  ],
   properties: {
     hostUuid: { type: "uuid", primary: true },
-    agentVersion: { type: "text" },
-    firstSeenAt: { type: "datetime", columnType: "timestamptz(3)" },
-    lastHeartbeatAt: { type: "datetime", columnType: "timestamptz(3)" },
+    state: { enum: true, items: [...HOST_STATES], default: "alive" },
+    name: { type: "text", nullable: true },
+    agentVersion: { type: "text", nullable: true },
+    firstSeenAt: moment,
+    lastHeartbeatAt: moment,
+    enrolledAt: moment,
+    lostAt: moment,
+    decommissionedAt: moment,
+    certificateFingerprint: { type: "text", nullable: true, unique: true },
   },
 });
