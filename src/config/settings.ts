@@ -106,3 +106,6 @@ export function loadSettings(
 function withoutPassword(value: string): string {
   return value.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*):[^@/]*@/i, "$1:***@");
 }
+
+/** The environment variables the server reads. */
+export const SETTING_NAMES = Object.keys(schema.shape);

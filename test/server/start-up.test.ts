@@ -1,10 +1,9 @@
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, afterEach, beforeAll, expect, test } from "vitest";
@@ -14,103 +13,30 @@ import {
   WatchResponse_Kind,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import {
+  type ServerProcess,
+  spawnServer as spawnProcess,
+  stopProcess,
+} from "../support/server-process.js";
+import {
   createTestDatabase,
   deckyName,
   type TestDatabase,
 } from "../support/test-server.js";
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
-const SETTINGS = [
-  "PORT",
-  "HOST",
-  "DATABASE_URL",
-  "DATA_DIR",
-  "KEEPALIVE_INTERVAL_MS",
-  "CHANGE_RETENTION_MS",
-  "LOG_LEVEL",
-];
 // Spawning tsx and opening the embedded database take seconds each.
 const PROCESS_TIMEOUT_MS = 120_000;
 
-/** One JSON line that the server logged. */
-interface LogLine {
-  readonly level: number;
-  readonly msg: string;
-  readonly [field: string]: unknown;
-}
-
-/** The entry point running as a child process, as an operator starts it. */
-interface ServerProcess {
-  readonly child: ChildProcess;
-  readonly log: LogLine[];
-  /** How the process ended, once all it logged has been read. */
-  readonly exited: Promise<{ code: number | null; signal: string | null }>;
-  /** The first line logged with `msg`; fails if the process exits first. */
-  logged(msg: string): Promise<LogLine>;
-}
-
 const started: ChildProcess[] = [];
 
-/** Runs `node --import tsx src/bin/server.ts` with only `env`'s settings. */
 function spawnServer(env: Record<string, string>): ServerProcess {
-  const inherited = Object.fromEntries(
-    Object.entries(process.env).filter(([name]) => !SETTINGS.includes(name)),
-  );
-  const child = spawn(
-    process.execPath,
-    ["--import", "tsx", "src/bin/server.ts"],
-    { cwd: ROOT, env: { ...inherited, ...env }, stdio: "pipe" },
-  );
-  started.push(child);
-  const log: LogLine[] = [];
-  const waiting: { msg: string; resolve: (line: LogLine) => void }[] = [];
-  let buffered = "";
-  child.stdout!.setEncoding("utf8").on("data", (text: string) => {
-    const lines = (buffered + text).split("\n");
-    buffered = lines.pop()!;
-    for (const line of lines) {
-      const entry = JSON.parse(line) as LogLine;
-      log.push(entry);
-      for (const wait of waiting.filter((w) => w.msg === entry.msg)) {
-        wait.resolve(entry);
-      }
-    }
-  });
-  let stderr = "";
-  child.stderr!.setEncoding("utf8").on("data", (text: string) => {
-    stderr += text;
-  });
-  const exited = new Promise<{ code: number | null; signal: string | null }>(
-    (resolve) => {
-      // "close" rather than "exit": it comes after the last logged line.
-      child.once("close", (code, signal) => resolve({ code, signal }));
-    },
-  );
-  return {
-    child,
-    log,
-    exited,
-    logged(msg) {
-      const line = log.find((entry) => entry.msg === msg);
-      if (line) return Promise.resolve(line);
-      return new Promise((resolve, reject) => {
-        waiting.push({ msg, resolve });
-        void exited.then(({ code, signal }) =>
-          reject(
-            new Error(
-              `the server exited (${code ?? signal}) before logging "${msg}": ${JSON.stringify(log)} ${stderr}`,
-            ),
-          ),
-        );
-      });
-    },
-  };
+  const server = spawnProcess(env);
+  started.push(server.child);
+  return server;
 }
 
 /** The URL a serving process logged. */
-async function servingUrl(server: ServerProcess): Promise<string> {
-  const serving = await server.logged("decky-lifecycle is serving");
-  return serving.url as string;
+function servingUrl(server: ServerProcess): Promise<string> {
+  return server.servingUrl();
 }
 
 let database: TestDatabase;
@@ -130,13 +56,7 @@ beforeAll(async () => {
 // Stopped the way an operator stops them, so that each releases its
 // DATA_DIR before the next test starts a server on it.
 afterEach(async () => {
-  for (const child of started.splice(0)) {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((resolve) => child.once("exit", resolve));
-      child.kill("SIGTERM");
-      await exited;
-    }
-  }
+  for (const child of started.splice(0)) await stopProcess(child);
 });
 
 afterAll(async () => {
