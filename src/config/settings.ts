@@ -46,6 +46,11 @@ const schema = z.object({
   DATA_DIR: z.string().min(1, "must not be empty").default("./.data"),
   KEEPALIVE_INTERVAL_MS: durationMs(10, MAX_TIMER_MS).default(15_000),
   CHANGE_RETENTION_MS: durationMs(60_000).default(7 * 24 * 3600 * 1000),
+  STALE_AFTER_MS: durationMs(100).default(3600 * 1000),
+  // Three of the worker client's default 5 s heartbeat intervals.
+  HOST_LOST_AFTER_MS: durationMs(100).default(15_000),
+  HOST_LOST_GRACE_MS: durationMs(0).default(60_000),
+  SWEEP_INTERVAL_MS: durationMs(10, MAX_TIMER_MS).default(5_000),
   LOG_LEVEL: z
     .enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` })
     .default("info"),
@@ -62,6 +67,14 @@ export interface Settings {
   readonly keepaliveIntervalMs: number;
   /** How long the change log keeps changes for resuming watchers. */
   readonly changeRetentionMs: number;
+  /** How long an open row may go without a change before it is failed. */
+  readonly staleAfterMs: number;
+  /** How long a host may go without a heartbeat before it is lost. */
+  readonly hostLostAfterMs: number;
+  /** How long a host stays lost before its open rows are failed. */
+  readonly hostLostGraceMs: number;
+  /** How often stale rows and lost hosts are looked for. */
+  readonly sweepIntervalMs: number;
   readonly logLevel: string;
 }
 
@@ -98,6 +111,10 @@ export function loadSettings(
     dataDir: value.DATA_DIR,
     keepaliveIntervalMs: value.KEEPALIVE_INTERVAL_MS,
     changeRetentionMs: value.CHANGE_RETENTION_MS,
+    staleAfterMs: value.STALE_AFTER_MS,
+    hostLostAfterMs: value.HOST_LOST_AFTER_MS,
+    hostLostGraceMs: value.HOST_LOST_GRACE_MS,
+    sweepIntervalMs: value.SWEEP_INTERVAL_MS,
     logLevel: value.LOG_LEVEL,
   };
 }

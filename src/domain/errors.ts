@@ -4,7 +4,8 @@ export type LifecycleErrorKind =
   | "not_found"
   | "failed_precondition"
   | "already_exists"
-  | "out_of_range";
+  | "out_of_range"
+  | "permission_denied";
 
 /** A request broke a rule of the service; the message names what and where. */
 export class LifecycleError extends Error {

@@ -8,6 +8,7 @@ const codeOfKind: Record<LifecycleErrorKind, Code> = {
   failed_precondition: Code.FailedPrecondition,
   already_exists: Code.AlreadyExists,
   out_of_range: Code.OutOfRange,
+  permission_denied: Code.PermissionDenied,
 };
 
 /** SQLSTATE classes and codes that mean the database cannot be reached now. */

@@ -7,6 +7,8 @@ import type { Logger } from "pino";
 import type { Settings } from "../config/settings.js";
 import { InProcessChangeFeed } from "../events/in-process-change-feed.js";
 import { errorInterceptor } from "../rpc/errors.js";
+import { HostPageTokens } from "../rpc/host-page-token.js";
+import { hostRoutes } from "../rpc/host-service.js";
 import { lifecycleRoutes } from "../rpc/lifecycle-service.js";
 import { PageTokens } from "../rpc/page-token.js";
 import { entityManagerKey } from "../rpc/services.js";
@@ -22,6 +24,7 @@ import { openOrm } from "../storage/orm.js";
 import { loadServiceSecret } from "../storage/service-secrets.js";
 import { startHistoryPruner } from "./history-pruner.js";
 import { createDualProtocolListener } from "./listener.js";
+import { startSweeper } from "./sweeper.js";
 
 /** Largest request message the server reads. */
 export const READ_MAX_BYTES = 4 * 1024 * 1024;
@@ -76,6 +79,9 @@ async function serve(
 ): Promise<RunningServer> {
   const em = orm.em.fork();
   const pageTokens = new PageTokens(await loadServiceSecret(em, "page-token"));
+  const hostPageTokens = new HostPageTokens(
+    await loadServiceSecret(em, "host-page-token"),
+  );
   const { current } = await readRevisionBounds(em);
   const feed = new InProcessChangeFeed(
     current,
@@ -90,15 +96,31 @@ async function serve(
     settings.changeRetentionMs,
     logger,
   );
+  const sweeper = await startSweeper(
+    orm,
+    feed,
+    {
+      staleAfterMs: settings.staleAfterMs,
+      hostLostAfterMs: settings.hostLostAfterMs,
+      hostLostGraceMs: settings.hostLostGraceMs,
+    },
+    settings.sweepIntervalMs,
+    logger,
+  );
 
+  const services = {
+    feed,
+    pageTokens,
+    hostPageTokens,
+    logger,
+    keepaliveIntervalMs: settings.keepaliveIntervalMs,
+    shutdownSignal: shutdown.signal,
+  };
   const handler = connectNodeAdapter({
-    routes: lifecycleRoutes({
-      feed,
-      pageTokens,
-      logger,
-      keepaliveIntervalMs: settings.keepaliveIntervalMs,
-      shutdownSignal: shutdown.signal,
-    }),
+    routes: (router) => {
+      lifecycleRoutes(services)(router);
+      hostRoutes(services)(router);
+    },
     interceptors: [errorInterceptor(logger, shutdown.signal)],
     readMaxBytes: READ_MAX_BYTES,
     // A misspelt field or enum name must fail the call, not be dropped and
@@ -129,6 +151,7 @@ async function serve(
       shutdown.abort();
       await listener.close(SHUTDOWN_GRACE_MS);
       await pruner.stop();
+      await sweeper.stop();
       await feed.close();
       await orm.close(true);
       await embedded?.close();

@@ -1,5 +1,6 @@
 import type { Delta, DeltaResult } from "../domain/delta.js";
 import { decideDelta } from "../domain/delta.js";
+import { LifecycleError } from "../domain/errors.js";
 import type { LifecycleRow } from "../domain/lifecycle.js";
 import { moveRow } from "./lifecycle-writes.js";
 import { query, toLifecycleRow } from "./sql.js";
@@ -12,21 +13,39 @@ export interface DeltaOutcome {
   readonly detail: string;
 }
 
-/** Records that `hostUuid` is alive, running `agentVersion`. */
+/**
+ * Records that `hostUuid` is alive, running `agentVersion`: a new, enrolled
+ * or lost host becomes alive and is no longer lost. A decommissioned host
+ * stays retired: its heartbeat is refused before anything is applied.
+ */
 export async function recordHeartbeat(
   tx: WriteTransaction,
   hostUuid: string,
   agentVersion: string,
 ): Promise<void> {
-  await query(
+  const recorded = await query(
     tx.em,
-    `insert into worker_host (host_uuid, agent_version, first_seen_at, last_heartbeat_at)
-     values (?, ?, clock_timestamp(), clock_timestamp())
+    `insert into worker_host
+       (host_uuid, state, agent_version, first_seen_at, last_heartbeat_at)
+     select ?::uuid, 'alive', ?, clock.at, clock.at
+     from (select clock_timestamp() as at) clock
      on conflict (host_uuid) do update
-       set agent_version = excluded.agent_version,
-           last_heartbeat_at = excluded.last_heartbeat_at`,
+       set state = 'alive',
+           agent_version = excluded.agent_version,
+           first_seen_at = coalesce(worker_host.first_seen_at,
+                                    excluded.first_seen_at),
+           last_heartbeat_at = excluded.last_heartbeat_at,
+           lost_at = null
+       where worker_host.state <> 'decommissioned'
+     returning host_uuid`,
     [hostUuid, agentVersion],
   );
+  if (recorded.length === 0) {
+    throw new LifecycleError(
+      "permission_denied",
+      `host ${hostUuid} is decommissioned`,
+    );
+  }
 }
 
 /**

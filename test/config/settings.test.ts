@@ -12,6 +12,10 @@ const DEFAULTS: Settings = {
   dataDir: "./.data",
   keepaliveIntervalMs: 15_000,
   changeRetentionMs: 7 * 24 * 3600 * 1000,
+  staleAfterMs: 3600 * 1000,
+  hostLostAfterMs: 15_000,
+  hostLostGraceMs: 60_000,
+  sweepIntervalMs: 5_000,
   logLevel: "info",
 };
 
@@ -52,6 +56,10 @@ test("loadSettings reads every variable that is set", () => {
     DATA_DIR: "/var/lib/decky-lifecycle",
     KEEPALIVE_INTERVAL_MS: "10",
     CHANGE_RETENTION_MS: "60000",
+    STALE_AFTER_MS: "100",
+    HOST_LOST_AFTER_MS: "100",
+    HOST_LOST_GRACE_MS: "0",
+    SWEEP_INTERVAL_MS: "10",
     LOG_LEVEL: "debug",
   });
 
@@ -62,6 +70,10 @@ test("loadSettings reads every variable that is set", () => {
     dataDir: "/var/lib/decky-lifecycle",
     keepaliveIntervalMs: 10,
     changeRetentionMs: 60_000,
+    staleAfterMs: 100,
+    hostLostAfterMs: 100,
+    hostLostGraceMs: 0,
+    sweepIntervalMs: 10,
     logLevel: "debug",
   });
 });
@@ -97,6 +109,19 @@ test.each([
     "CHANGE_RETENTION_MS",
     "59999",
     'CHANGE_RETENTION_MS="59999" must be at least 60000 ms',
+  ],
+  ["STALE_AFTER_MS", "99", 'STALE_AFTER_MS="99" must be at least 100 ms'],
+  [
+    "HOST_LOST_AFTER_MS",
+    "99",
+    'HOST_LOST_AFTER_MS="99" must be at least 100 ms',
+  ],
+  ["HOST_LOST_GRACE_MS", "-1", 'HOST_LOST_GRACE_MS="-1" must be at least 0 ms'],
+  ["SWEEP_INTERVAL_MS", "9", 'SWEEP_INTERVAL_MS="9" must be at least 10 ms'],
+  [
+    "SWEEP_INTERVAL_MS",
+    "2147483648",
+    'SWEEP_INTERVAL_MS="2147483648" must be at most 2147483647 ms',
   ],
   [
     "DATABASE_URL",

@@ -1,0 +1,52 @@
+import type { EntityManager } from "@mikro-orm/postgresql";
+import type { HostState, WorkerHost } from "../domain/host.js";
+import { query, type SqlRow, toDate } from "./sql.js";
+
+function toOptionalDate(value: unknown): Date | null {
+  return value === null || value === undefined ? null : toDate(value);
+}
+
+/** Maps a `worker_host` row. */
+export function toWorkerHost(row: SqlRow): WorkerHost {
+  return {
+    hostUuid: row.host_uuid as string,
+    state: row.state as HostState,
+    name: (row.name as string | null) ?? null,
+    agentVersion: (row.agent_version as string | null) ?? null,
+    firstHeartbeatAt: toOptionalDate(row.first_seen_at),
+    lastHeartbeatAt: toOptionalDate(row.last_heartbeat_at),
+    lostAt: toOptionalDate(row.lost_at),
+    enrolledAt: toOptionalDate(row.enrolled_at),
+    decommissionedAt: toOptionalDate(row.decommissioned_at),
+    certificateFingerprint:
+      (row.certificate_fingerprint as string | null) ?? null,
+  };
+}
+
+/**
+ * Reads up to `limit` hosts in `states` (every state when empty) whose
+ * host_uuid comes after `afterHostUuid`, ordered by host_uuid.
+ */
+export async function listHosts(
+  em: EntityManager,
+  states: readonly HostState[],
+  afterHostUuid: string | undefined,
+  limit: number,
+): Promise<WorkerHost[]> {
+  const rows = await query(
+    em,
+    `select * from worker_host
+     where (cardinality(?::text[]) = 0 or state = any(?::text[]))
+       and (?::uuid is null or host_uuid > ?::uuid)
+     order by host_uuid
+     limit ?`,
+    [
+      [...states],
+      [...states],
+      afterHostUuid ?? null,
+      afterHostUuid ?? null,
+      limit,
+    ],
+  );
+  return rows.map(toWorkerHost);
+}
