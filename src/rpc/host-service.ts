@@ -8,7 +8,7 @@ import {
 import type { HostState } from "../domain/host.js";
 import { listHosts } from "../storage/host-reads.js";
 import { hostStateOf, toHostMessage } from "./host-convert.js";
-import type { HostPageTokens } from "./host-page-token.js";
+import type { HostPageTokens } from "./page-token.js";
 import { invalidArgument } from "./invalid.js";
 import { entityManagerKey, type Services } from "./services.js";
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./validate.js";

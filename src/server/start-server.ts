@@ -7,10 +7,9 @@ import type { Logger } from "pino";
 import type { Settings } from "../config/settings.js";
 import { InProcessChangeFeed } from "../events/in-process-change-feed.js";
 import { errorInterceptor } from "../rpc/errors.js";
-import { HostPageTokens } from "../rpc/host-page-token.js";
 import { hostRoutes } from "../rpc/host-service.js";
 import { lifecycleRoutes } from "../rpc/lifecycle-service.js";
-import { PageTokens } from "../rpc/page-token.js";
+import { HostPageTokens, PageTokens } from "../rpc/page-token.js";
 import { entityManagerKey } from "../rpc/services.js";
 import {
   type EmbeddedDatabase,
