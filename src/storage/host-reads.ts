@@ -1,10 +1,6 @@
 import type { EntityManager } from "@mikro-orm/postgresql";
 import type { HostState, WorkerHost } from "../domain/host.js";
-import { query, type SqlRow, toDate } from "./sql.js";
-
-function toOptionalDate(value: unknown): Date | null {
-  return value === null || value === undefined ? null : toDate(value);
-}
+import { query, type SqlRow, toOptionalDate } from "./sql.js";
 
 /** Maps a `worker_host` row. */
 export function toWorkerHost(row: SqlRow): WorkerHost {

@@ -47,7 +47,8 @@ export function toDate(value: unknown): Date {
   return new Date(`${day}T${time}${hours}:${minutes ?? "00"}`);
 }
 
-function toOptionalDate(value: unknown): Date | null {
+/** Like toDate, for a column that may be null. */
+export function toOptionalDate(value: unknown): Date | null {
   return value === null || value === undefined ? null : toDate(value);
 }
 

@@ -1,17 +1,10 @@
 import { EntitySchema } from "@mikro-orm/core";
-
-/** Where a worker host stands. */
-export const HOST_STATES = [
-  "enrolled",
-  "alive",
-  "lost",
-  "decommissioned",
-] as const;
+import { HOST_STATES, type HostState } from "../../domain/host.js";
 
 /** A worker host: enrolled by an operator, or first seen by a heartbeat. */
 export interface WorkerHostEntity {
   hostUuid: string;
-  state: (typeof HOST_STATES)[number];
+  state: HostState;
   name?: string | null;
   agentVersion?: string | null;
   firstSeenAt?: Date | null;
