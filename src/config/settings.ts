@@ -1,3 +1,6 @@
+import { X509Certificate } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { createSecureContext } from "node:tls";
 import { z } from "zod";
 
 // Decimal digits only: Number() would also read " " as 0, "0x50" as 80 and
@@ -54,6 +57,25 @@ const schema = z.object({
   LOG_LEVEL: z
     .enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` })
     .default("info"),
+  TLS_CERT_FILE: z.string().optional(),
+  TLS_KEY_FILE: z.string().optional(),
+  TLS_CLIENT_CA_FILE: z.string().optional(),
+  CORS_ALLOWED_ORIGINS: z
+    .string()
+    .transform((list, context) => {
+      const origins = list.split(",").map((origin) => origin.trim());
+      for (const origin of origins) {
+        if (!isOrigin(origin)) {
+          context.addIssue({
+            code: "custom",
+            message: `must be a comma-separated list of origins such as https://console.example.com (scheme, host and port only); ${JSON.stringify(origin)} is not one`,
+          });
+          return z.NEVER;
+        }
+      }
+      return origins;
+    })
+    .optional(),
 });
 
 /** Settings of one server process, read once at start-up. */
@@ -76,6 +98,26 @@ export interface Settings {
   /** How often stale rows and lost hosts are looked for. */
   readonly sweepIntervalMs: number;
   readonly logLevel: string;
+  /** Certificate and key to serve TLS with; unset serves cleartext. */
+  readonly tls: TlsSettings | undefined;
+  /**
+   * Origins whose pages a browser may let call the service; empty answers
+   * no CORS requests.
+   */
+  readonly corsAllowedOrigins: readonly string[];
+}
+
+/** The contents of the TLS files, read at start-up. */
+export interface TlsSettings {
+  /** The server's certificate chain, PEM. */
+  readonly cert: Buffer;
+  /** The server's private key, PEM. */
+  readonly key: Buffer;
+  /**
+   * The CA that client certificates must be signed by; set, it turns on
+   * mutual TLS and every client must present such a certificate.
+   */
+  readonly clientCa: Buffer | undefined;
 }
 
 /** Thrown when the environment holds a setting that cannot be used. */
@@ -116,7 +158,94 @@ export function loadSettings(
     hostLostGraceMs: value.HOST_LOST_GRACE_MS,
     sweepIntervalMs: value.SWEEP_INTERVAL_MS,
     logLevel: value.LOG_LEVEL,
+    tls: readTlsFiles(value),
+    corsAllowedOrigins: value.CORS_ALLOWED_ORIGINS ?? [],
   };
+}
+
+/** Exactly what a browser sends as Origin: scheme, host and port, no path. */
+function isOrigin(text: string): boolean {
+  if (!URL.canParse(text)) return false;
+  const url = new URL(text);
+  return /^https?:$/.test(url.protocol) && url.origin === text;
+}
+
+/**
+ * Reads the TLS files once, so that a missing file or a key that does not
+ * fit the certificate stops the server before it opens anything.
+ */
+function readTlsFiles(value: {
+  TLS_CERT_FILE?: string | undefined;
+  TLS_KEY_FILE?: string | undefined;
+  TLS_CLIENT_CA_FILE?: string | undefined;
+}): TlsSettings | undefined {
+  const { TLS_CERT_FILE, TLS_KEY_FILE, TLS_CLIENT_CA_FILE } = value;
+  if (TLS_CERT_FILE === undefined && TLS_KEY_FILE === undefined) {
+    if (TLS_CLIENT_CA_FILE !== undefined) {
+      throw new SettingsError(
+        "invalid settings: TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE: mutual TLS is served over TLS",
+      );
+    }
+    return undefined;
+  }
+  if (TLS_CERT_FILE === undefined || TLS_KEY_FILE === undefined) {
+    const [set, unset] =
+      TLS_CERT_FILE === undefined
+        ? ["TLS_KEY_FILE", "TLS_CERT_FILE"]
+        : ["TLS_CERT_FILE", "TLS_KEY_FILE"];
+    throw new SettingsError(
+      `invalid settings: ${set} is set without ${unset}: set both TLS_CERT_FILE and TLS_KEY_FILE to serve TLS, or neither`,
+    );
+  }
+  const files = {
+    cert: readSettingFile("TLS_CERT_FILE", TLS_CERT_FILE),
+    key: readSettingFile("TLS_KEY_FILE", TLS_KEY_FILE),
+    clientCa:
+      TLS_CLIENT_CA_FILE === undefined
+        ? undefined
+        : readSettingFile("TLS_CLIENT_CA_FILE", TLS_CLIENT_CA_FILE),
+  };
+  try {
+    createSecureContext({ cert: files.cert, key: files.key });
+  } catch (error) {
+    throw new SettingsError(
+      `invalid settings: TLS_CERT_FILE and TLS_KEY_FILE do not hold a PEM certificate and its private key (${openSslReason(error)})`,
+    );
+  }
+  if (files.clientCa !== undefined) {
+    try {
+      new X509Certificate(files.clientCa);
+    } catch (error) {
+      throw new SettingsError(
+        `invalid settings: TLS_CLIENT_CA_FILE does not hold a PEM certificate (${openSslReason(error)})`,
+      );
+    }
+  }
+  return files;
+}
+
+function readSettingFile(name: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? "";
+    const reason = FILE_ERRORS[code] ?? code;
+    throw new SettingsError(
+      `invalid settings: ${name}=${JSON.stringify(path)} cannot be read: ${reason}`,
+    );
+  }
+}
+
+const FILE_ERRORS: Record<string, string> = {
+  ENOENT: "no such file",
+  EACCES: "permission denied",
+  EISDIR: "it is a directory",
+};
+
+/** "error:0480006C:PEM routines::no start line" reads as "no start line". */
+function openSslReason(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split("::").at(-1) ?? message;
 }
 
 /** A URL's password would end up in logs; the rest is needed to spot a typo. */

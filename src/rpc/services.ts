@@ -22,3 +22,12 @@ export const entityManagerKey = createContextKey<EntityManager | undefined>(
   undefined,
   { description: "the call's entity manager" },
 );
+
+/**
+ * SHA-256 of the client certificate the call came with, as lower-case hex;
+ * unset on a connection without one.
+ */
+export const peerCertificateKey = createContextKey<string | undefined>(
+  undefined,
+  { description: "the client certificate's fingerprint" },
+);

@@ -1,6 +1,8 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
+import type { TlsSettings } from "../config/settings.js";
+import { createTlsServer } from "./tls.js";
 
 /** The bytes every HTTP/2 connection with prior knowledge opens with. */
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
@@ -13,7 +15,7 @@ type RequestHandler = (
   response: http.ServerResponse | http2.Http2ServerResponse,
 ) => void;
 
-/** One TCP listener that serves cleartext HTTP/2 and HTTP/1.1. */
+/** One TCP listener that serves HTTP/2 and HTTP/1.1, in cleartext or TLS. */
 export interface DualProtocolListener {
   readonly tcp: net.Server;
   /**
@@ -36,9 +38,13 @@ export interface DualProtocolListener {
  * never listen, so Node's own tracking (closeIdleConnections) sees none of
  * them, and a destroyed HTTP/2 session that was closed gracefully first
  * still waits for its peer to hang up.
+ *
+ * With `tlsSettings`, the listener speaks TLS instead and each connection is
+ * routed by the protocol ALPN settled on.
  */
 export function createDualProtocolListener(
   handler: RequestHandler,
+  tlsSettings?: TlsSettings,
 ): DualProtocolListener {
   const http1 = http.createServer(handler);
   const h2 = http2.createServer({}, handler);
@@ -69,13 +75,17 @@ export function createDualProtocolListener(
     });
   });
 
-  const tcp = net.createServer((socket) => {
+  const track = (socket: net.Socket) => {
     connections.add(socket);
     socket.once("close", () => {
       connections.delete(socket);
       http2Connections.delete(socket);
       callsInFlight.delete(socket);
     });
+  };
+
+  const routeByPreface = (socket: net.Socket) => {
+    track(socket);
     let head = Buffer.alloc(0);
     const route = (chunk: Buffer) => {
       head = Buffer.concat([head, chunk]);
@@ -103,11 +113,22 @@ export function createDualProtocolListener(
     // A connection that never says which protocol it speaks holds a socket
     // and nothing else; drop it.
     socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, () => socket.destroy());
-  });
+  };
+  const routeByAlpn = (socket: net.Socket, isHttp2: boolean) => {
+    track(socket);
+    socket.on("error", () => socket.destroy());
+    if (isHttp2) http2Connections.add(socket);
+    (isHttp2 ? h2 : http1).emit("connection", socket);
+  };
+  const secure =
+    tlsSettings &&
+    createTlsServer(tlsSettings, FIRST_BYTES_TIMEOUT_MS, routeByAlpn);
+  const tcp = secure?.server ?? net.createServer(routeByPreface);
 
   const close = async (graceMs: number) => {
     closing = true;
     const stopped = new Promise<void>((resolve) => tcp.close(() => resolve()));
+    secure?.dropHandshakes();
     for (const session of sessions) session.close();
     for (const socket of connections) {
       if (!http2Connections.has(socket) && !callsInFlight.has(socket)) {

@@ -17,6 +17,8 @@ const DEFAULTS: Settings = {
   hostLostGraceMs: 60_000,
   sweepIntervalMs: 5_000,
   logLevel: "info",
+  tls: undefined,
+  corsAllowedOrigins: [],
 };
 
 /** The error `loadSettings(env)` throws; fails the test if it throws none. */
@@ -61,6 +63,7 @@ test("loadSettings reads every variable that is set", () => {
     HOST_LOST_GRACE_MS: "0",
     SWEEP_INTERVAL_MS: "10",
     LOG_LEVEL: "debug",
+    CORS_ALLOWED_ORIGINS: "https://console.example.com",
   });
 
   expect(settings).toEqual({
@@ -75,6 +78,8 @@ test("loadSettings reads every variable that is set", () => {
     hostLostGraceMs: 0,
     sweepIntervalMs: 10,
     logLevel: "debug",
+    tls: undefined,
+    corsAllowedOrigins: ["https://console.example.com"],
   });
 });
 
