@@ -10,7 +10,8 @@ import { errorInterceptor } from "../rpc/errors.js";
 import { hostRoutes } from "../rpc/host-service.js";
 import { lifecycleRoutes } from "../rpc/lifecycle-service.js";
 import { HostPageTokens, PageTokens } from "../rpc/page-token.js";
-import { entityManagerKey, peerCertificateKey } from "../rpc/services.js";
+import { checkRequestDecoding } from "../rpc/request-decoding.js";
+import { entityManagerKey } from "../rpc/services.js";
 import {
   type EmbeddedDatabase,
   openEmbeddedDatabase,
@@ -21,11 +22,9 @@ import {
 } from "../storage/lifecycle-reads.js";
 import { openOrm } from "../storage/orm.js";
 import { loadServiceSecret } from "../storage/service-secrets.js";
-import { withCors } from "./cors.js";
 import { startHistoryPruner } from "./history-pruner.js";
 import { createDualProtocolListener } from "./listener.js";
 import { startSweeper } from "./sweeper.js";
-import { peerCertificateFingerprint } from "./tls.js";
 
 /** Largest request message the server reads. */
 export const READ_MAX_BYTES = 4 * 1024 * 1024;
@@ -118,35 +117,31 @@ async function serve(
     shutdownSignal: shutdown.signal,
   };
   const handler = connectNodeAdapter({
-    routes: (router) => {
+    // Request messages are decoded and checked before connect parses them,
+    // so that bytes which are not a message are INVALID_ARGUMENT.
+    routes: checkRequestDecoding((router) => {
       lifecycleRoutes(services)(router);
       hostRoutes(services)(router);
-    },
+    }, READ_MAX_BYTES),
     interceptors: [errorInterceptor(logger, shutdown.signal)],
     readMaxBytes: READ_MAX_BYTES,
     // A misspelt field or enum name must fail the call, not be dropped and
     // quietly widen a filter or lose a host.
     jsonOptions: { ignoreUnknownFields: false },
-    contextValues: (request) =>
-      createContextValues()
-        .set(entityManagerKey, orm.em.fork())
-        .set(peerCertificateKey, peerCertificateFingerprint(request)),
+    contextValues: () =>
+      createContextValues().set(entityManagerKey, orm.em.fork()),
   });
-  const listener = createDualProtocolListener(
-    withCors(handler, settings.corsAllowedOrigins),
-    settings.tls,
-  );
+  const listener = createDualProtocolListener(handler);
   listener.tcp.listen(settings.port, settings.host);
   await once(listener.tcp, "listening");
   const { port } = listener.tcp.address() as AddressInfo;
   const host = settings.host.includes(":")
     ? `[${settings.host}]`
     : settings.host;
-  const url = `${settings.tls ? "https" : "http"}://${host}:${port}`;
+  const url = `http://${host}:${port}`;
   logger.info(
     {
       url,
-      tls: tlsMode(settings),
       database: embedded ? `embedded in ${settings.dataDir}` : "postgresql",
     },
     "decky-lifecycle is serving",
@@ -167,10 +162,4 @@ async function serve(
     return closing;
   };
   return { port, url, orm, close };
-}
-
-/** How the server speaks to its clients, for the start-up log line. */
-function tlsMode(settings: Settings): "off" | "server" | "mutual" {
-  if (!settings.tls) return "off";
-  return settings.tls.clientCa ? "mutual" : "server";
 }
