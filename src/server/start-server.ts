@@ -11,7 +11,7 @@ import { hostRoutes } from "../rpc/host-service.js";
 import { lifecycleRoutes } from "../rpc/lifecycle-service.js";
 import { HostPageTokens, PageTokens } from "../rpc/page-token.js";
 import { checkRequestDecoding } from "../rpc/request-decoding.js";
-import { entityManagerKey } from "../rpc/services.js";
+import { entityManagerKey, peerCertificateKey } from "../rpc/services.js";
 import {
   type EmbeddedDatabase,
   openEmbeddedDatabase,
@@ -22,9 +22,11 @@ import {
 } from "../storage/lifecycle-reads.js";
 import { openOrm } from "../storage/orm.js";
 import { loadServiceSecret } from "../storage/service-secrets.js";
+import { withCors } from "./cors.js";
 import { startHistoryPruner } from "./history-pruner.js";
 import { createDualProtocolListener } from "./listener.js";
 import { startSweeper } from "./sweeper.js";
+import { peerCertificateFingerprint } from "./tls.js";
 
 /** Largest request message the server reads. */
 export const READ_MAX_BYTES = 4 * 1024 * 1024;
@@ -128,20 +130,26 @@ async function serve(
     // A misspelt field or enum name must fail the call, not be dropped and
     // quietly widen a filter or lose a host.
     jsonOptions: { ignoreUnknownFields: false },
-    contextValues: () =>
-      createContextValues().set(entityManagerKey, orm.em.fork()),
+    contextValues: (request) =>
+      createContextValues()
+        .set(entityManagerKey, orm.em.fork())
+        .set(peerCertificateKey, peerCertificateFingerprint(request)),
   });
-  const listener = createDualProtocolListener(handler);
+  const listener = createDualProtocolListener(
+    withCors(handler, settings.corsAllowedOrigins),
+    settings.tls,
+  );
   listener.tcp.listen(settings.port, settings.host);
   await once(listener.tcp, "listening");
   const { port } = listener.tcp.address() as AddressInfo;
   const host = settings.host.includes(":")
     ? `[${settings.host}]`
     : settings.host;
-  const url = `http://${host}:${port}`;
+  const url = `${settings.tls ? "https" : "http"}://${host}:${port}`;
   logger.info(
     {
       url,
+      tls: tlsMode(settings),
       database: embedded ? `embedded in ${settings.dataDir}` : "postgresql",
     },
     "decky-lifecycle is serving",
@@ -162,4 +170,10 @@ async function serve(
     return closing;
   };
   return { port, url, orm, close };
+}
+
+/** How the server speaks to its clients, for the start-up log line. */
+function tlsMode(settings: Settings): "off" | "server" | "mutual" {
+  if (!settings.tls) return "off";
+  return settings.tls.clientCa ? "mutual" : "server";
 }
