@@ -17,9 +17,24 @@ try {
 }
 const logger = createLogger(settings.logLevel);
 
+/**
+ * Stops the server and exits 0, or 1 if the stop fails or outlasts
+ * SHUTDOWN_DEADLINE_MS: a supervisor then knows that calls or the database
+ * may have been cut rather than finished and closed.
+ */
 function stopAndExit(server: RunningServer): void {
+  const deadline = setTimeout(() => {
+    logger.error(
+      { shutdownDeadlineMs: settings.shutdownDeadlineMs },
+      "could not stop within SHUTDOWN_DEADLINE_MS; exiting anyway",
+    );
+    process.exit(1);
+  }, settings.shutdownDeadlineMs);
   server.close().then(
-    () => process.exit(0),
+    () => {
+      clearTimeout(deadline);
+      process.exit(0);
+    },
     (error: unknown) => {
       logger.error({ err: error }, "could not stop cleanly");
       process.exit(1);

@@ -54,6 +54,7 @@ const schema = z.object({
   HOST_LOST_AFTER_MS: durationMs(100).default(15_000),
   HOST_LOST_GRACE_MS: durationMs(0).default(60_000),
   SWEEP_INTERVAL_MS: durationMs(10, MAX_TIMER_MS).default(5_000),
+  SHUTDOWN_DEADLINE_MS: durationMs(100, MAX_TIMER_MS).default(10_000),
   LOG_LEVEL: z
     .enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` })
     .default("info"),
@@ -97,6 +98,8 @@ export interface Settings {
   readonly hostLostGraceMs: number;
   /** How often stale rows and lost hosts are looked for. */
   readonly sweepIntervalMs: number;
+  /** How long a stop may take before the process gives up and exits 1. */
+  readonly shutdownDeadlineMs: number;
   readonly logLevel: string;
   /** Certificate and key to serve TLS with; unset serves cleartext. */
   readonly tls: TlsSettings | undefined;
@@ -157,6 +160,7 @@ export function loadSettings(
     hostLostAfterMs: value.HOST_LOST_AFTER_MS,
     hostLostGraceMs: value.HOST_LOST_GRACE_MS,
     sweepIntervalMs: value.SWEEP_INTERVAL_MS,
+    shutdownDeadlineMs: value.SHUTDOWN_DEADLINE_MS,
     logLevel: value.LOG_LEVEL,
     tls: readTlsFiles(value),
     corsAllowedOrigins: value.CORS_ALLOWED_ORIGINS ?? [],

@@ -3,6 +3,12 @@ import type { LifecycleChange } from "../domain/lifecycle.js";
 /** Receives every committed change, in revision order, without gaps. */
 export type ChangeListener = (change: LifecycleChange) => void;
 
+/**
+ * Told, once, that the feed can no longer promise its listener every change
+ * (the database stopped answering); the listener is unsubscribed by then.
+ */
+export type InterruptionListener = (cause: unknown) => void;
+
 /** A listener's registration with a change feed. */
 export interface ChangeSubscription {
   /**
@@ -23,8 +29,18 @@ export interface ChangeSubscription {
 export interface ChangeFeed {
   /** Hands over changes that just committed, in any order. */
   publish(changes: readonly LifecycleChange[]): void;
-  /** Delivers every change after the subscription's revision to `listener`. */
-  subscribe(listener: ChangeListener): ChangeSubscription;
+  /**
+   * Delivers every change after the subscription's revision to `listener`,
+   * until the subscription is closed or `interrupted` is called.
+   */
+  subscribe(
+    listener: ChangeListener,
+    interrupted: InterruptionListener,
+  ): ChangeSubscription;
+  /** The newest revision delivered to listeners. */
+  readonly revision: bigint;
+  /** How many listeners are subscribed now. */
+  readonly subscribers: number;
   /** Stops delivery and waits for any read of the log in flight. */
   close(): Promise<void>;
 }

@@ -4,6 +4,7 @@ import type {
   ChangeFeed,
   ChangeListener,
   ChangeSubscription,
+  InterruptionListener,
 } from "./change-feed.js";
 
 /** Reads logged changes after a revision, oldest first. */
@@ -12,23 +13,40 @@ export type ChangeLogReader = (
   limit: number,
 ) => Promise<LifecycleChange[]>;
 
-const GAP_READ_LIMIT = 1000;
+const LOG_READ_LIMIT = 1000;
 const GAP_RETRY_MS = 500;
+/**
+ * How long the feed may deliver nothing, while someone listens, before it
+ * reads the change log to make sure it has missed nothing and the database
+ * still answers.
+ */
+export const LIVENESS_PROBE_MS = 1000;
 
 /**
  * The change feed of a single process. Writers publish their changes after
  * commit, and two writers' publications can arrive in either order, so the
  * feed delivers strictly by revision: a change that arrives ahead of a
- * missing one waits, and if the missing one has not arrived once the event loop
- * has run its timers (its writer lost the answer to its commit, say) the feed
- * reads it from the change log.
+ * missing one waits, and if the missing one has not arrived once the event
+ * loop has run its timers (its writer lost the answer to its commit, say) the
+ * feed reads it from the change log.
+ *
+ * A watcher waiting on a quiet feed would never notice that the database has
+ * gone, and a change whose writer lost the answer to its commit would stay
+ * unpublished until a later change showed the gap. So while anyone listens,
+ * a feed that has delivered nothing for LIVENESS_PROBE_MS reads the log
+ * itself: one indexed read a second on an idle server, none on a busy one.
+ * When a read of the log fails, the feed cannot promise its listeners every
+ * change any more: it tells each one and drops it, and their Watch streams
+ * end with the revision to resume from, once the database answers again.
  */
 export class InProcessChangeFeed implements ChangeFeed {
-  readonly #listeners = new Set<ChangeListener>();
+  readonly #listeners = new Map<ChangeListener, InterruptionListener>();
   readonly #waiting = new Map<bigint, LifecycleChange>();
   #delivered: bigint;
-  #gapRead: Promise<void> | undefined;
+  #logRead: Promise<boolean> | undefined;
   #gapTimer: NodeJS.Timeout | undefined;
+  #probeTimer: NodeJS.Timeout | undefined;
+  #failing = false;
   #closed = false;
 
   constructor(
@@ -44,6 +62,10 @@ export class InProcessChangeFeed implements ChangeFeed {
     return this.#delivered;
   }
 
+  get subscribers(): number {
+    return this.#listeners.size;
+  }
+
   publish(changes: readonly LifecycleChange[]): void {
     if (this.#closed) return;
     for (const change of changes) {
@@ -55,12 +77,19 @@ export class InProcessChangeFeed implements ChangeFeed {
     if (this.#waiting.size > 0) this.#scheduleGapRead();
   }
 
-  subscribe(listener: ChangeListener): ChangeSubscription {
-    this.#listeners.add(listener);
+  subscribe(
+    listener: ChangeListener,
+    interrupted: InterruptionListener,
+  ): ChangeSubscription {
+    if (!this.#closed) {
+      this.#listeners.set(listener, interrupted);
+      this.#probeTimer ??= setTimeout(this.#probe, LIVENESS_PROBE_MS);
+    }
     return {
       revision: this.#delivered,
       close: () => {
         this.#listeners.delete(listener);
+        if (this.#listeners.size === 0) this.#stopProbing();
       },
     };
   }
@@ -68,9 +97,10 @@ export class InProcessChangeFeed implements ChangeFeed {
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#gapTimer) clearTimeout(this.#gapTimer);
+    this.#stopProbing();
     this.#listeners.clear();
     this.#waiting.clear();
-    await this.#gapRead;
+    await this.#logRead;
   }
 
   #deliverInOrder(): void {
@@ -79,17 +109,32 @@ export class InProcessChangeFeed implements ChangeFeed {
       if (!next) return;
       this.#waiting.delete(next.revision);
       this.#delivered = next.revision;
-      for (const listener of this.#listeners) listener(next);
+      this.#probeTimer?.refresh();
+      for (const listener of this.#listeners.keys()) listener(next);
     }
   }
 
+  #stopProbing(): void {
+    clearTimeout(this.#probeTimer);
+    this.#probeTimer = undefined;
+  }
+
+  readonly #probe = (): void => {
+    this.#probeTimer = undefined;
+    if (this.#closed || this.#listeners.size === 0) return;
+    void this.#readOnce().then(() => {
+      if (!this.#closed && this.#listeners.size > 0) {
+        this.#probeTimer ??= setTimeout(this.#probe, LIVENESS_PROBE_MS);
+      }
+    });
+  };
+
   #scheduleGapRead(delayMs = 0): void {
-    if (this.#gapTimer || this.#gapRead || this.#closed) return;
+    if (this.#gapTimer || this.#logRead || this.#closed) return;
     this.#gapTimer = setTimeout(() => {
       this.#gapTimer = undefined;
       if (this.#waiting.size === 0 || this.#closed) return;
-      this.#gapRead = this.#readGap().then((read) => {
-        this.#gapRead = undefined;
+      void this.#readOnce().then((read) => {
         if (this.#waiting.size > 0) {
           this.#scheduleGapRead(read ? 0 : GAP_RETRY_MS);
         }
@@ -97,23 +142,52 @@ export class InProcessChangeFeed implements ChangeFeed {
     }, delayMs);
   }
 
-  /** Reads the log after the newest delivered revision; false if it failed. */
-  async #readGap(): Promise<boolean> {
+  /** One read of the log at a time; resolves to false if it failed. */
+  #readOnce(): Promise<boolean> {
+    this.#logRead ??= this.#readLog().finally(() => {
+      this.#logRead = undefined;
+    });
+    return this.#logRead;
+  }
+
+  /** Reads the log after the newest delivered revision and delivers it. */
+  async #readLog(): Promise<boolean> {
     try {
-      const changes = await this.readLog(this.#delivered, GAP_READ_LIMIT);
-      if (this.#closed) return true;
-      for (const change of changes) {
-        if (change.revision > this.#delivered) {
-          this.#waiting.set(change.revision, change);
+      for (;;) {
+        const changes = await this.readLog(this.#delivered, LOG_READ_LIMIT);
+        if (this.#closed) return true;
+        for (const change of changes) {
+          if (change.revision > this.#delivered) {
+            this.#waiting.set(change.revision, change);
+          }
         }
+        this.#deliverInOrder();
+        if (changes.length < LOG_READ_LIMIT) break;
       }
-      this.#deliverInOrder();
+      if (this.#failing) {
+        this.#failing = false;
+        this.logger.info(
+          { revision: this.#delivered.toString() },
+          "the change log can be read again",
+        );
+      }
       return true;
     } catch (error) {
-      this.logger.warn(
-        { err: error, after: this.#delivered.toString() },
-        "could not read the change log to fill a gap in revisions; will retry",
+      if (this.#closed) return false;
+      const dropped = [...this.#listeners.values()];
+      this.#listeners.clear();
+      this.#stopProbing();
+      // Logged once per outage, not on every retry.
+      this.logger[this.#failing ? "debug" : "warn"](
+        {
+          err: error,
+          after: this.#delivered.toString(),
+          watchers: dropped.length,
+        },
+        "could not read the change log; ending the watchers, will retry",
       );
+      this.#failing = true;
+      for (const interrupted of dropped) interrupted(error);
       return false;
     }
   }

@@ -6,7 +6,8 @@ export type WatcherEvent =
   | { readonly kind: "change"; readonly change: LifecycleChange }
   | { readonly kind: "idle" }
   | { readonly kind: "closed" }
-  | { readonly kind: "overflowed" };
+  | { readonly kind: "overflowed" }
+  | { readonly kind: "interrupted"; readonly cause: unknown };
 
 /**
  * How many changes a watcher holds for a stream that does not keep up;
@@ -27,20 +28,27 @@ export class Watcher {
   #wake: (() => void) | undefined;
   #closed = false;
   #overflowed = false;
+  #interrupted: { readonly cause: unknown } | undefined;
 
   constructor(
     feed: ChangeFeed,
     private readonly signals: readonly AbortSignal[],
   ) {
-    this.#subscription = feed.subscribe((change) => {
-      if (this.#queue.length >= MAX_QUEUED_CHANGES) {
-        this.#overflowed = true;
-        this.close();
-        return;
-      }
-      this.#queue.push(change);
-      this.#wake?.();
-    });
+    this.#subscription = feed.subscribe(
+      (change) => {
+        if (this.#queue.length >= MAX_QUEUED_CHANGES) {
+          this.#overflowed = true;
+          this.close();
+          return;
+        }
+        this.#queue.push(change);
+        this.#wake?.();
+      },
+      (cause) => {
+        this.#interrupted = { cause };
+        this.#wake?.();
+      },
+    );
     for (const signal of signals) {
       signal.addEventListener("abort", this.#onAbort);
     }
@@ -58,13 +66,12 @@ export class Watcher {
   /**
    * The next queued change; "idle" if none comes within `idleMs`; "closed"
    * once the watcher is closed or its signal aborted; "overflowed" once more
-   * than MAX_QUEUED_CHANGES waited for the stream.
+   * than MAX_QUEUED_CHANGES waited for the stream; "interrupted", after the
+   * changes queued before it, once the feed cannot deliver every change.
    */
   async next(idleMs: number): Promise<WatcherEvent> {
-    if (this.#overflowed) return { kind: "overflowed" };
-    const change = this.#queue.shift();
-    if (change) return { kind: "change", change };
-    if (this.#closed || this.#aborted) return { kind: "closed" };
+    const now = this.#take();
+    if (now) return now;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(done, idleMs);
       const wake = () => done();
@@ -75,11 +82,18 @@ export class Watcher {
       }
     });
     this.#wake = undefined;
+    return this.#take() ?? { kind: "idle" };
+  }
+
+  #take(): WatcherEvent | undefined {
     if (this.#overflowed) return { kind: "overflowed" };
-    const next = this.#queue.shift();
-    if (next) return { kind: "change", change: next };
+    const change = this.#queue.shift();
+    if (change) return { kind: "change", change };
     if (this.#closed || this.#aborted) return { kind: "closed" };
-    return { kind: "idle" };
+    if (this.#interrupted) {
+      return { kind: "interrupted", cause: this.#interrupted.cause };
+    }
+    return undefined;
   }
 
   close(): void {

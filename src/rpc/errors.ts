@@ -11,8 +11,13 @@ const codeOfKind: Record<LifecycleErrorKind, Code> = {
   permission_denied: Code.PermissionDenied,
 };
 
-/** SQLSTATE classes and codes that mean the database cannot be reached now. */
-const unavailableStates = /^(08|53|57P0[1-3])/;
+/**
+ * SQLSTATE classes and codes that mean the database cannot be reached now.
+ * 55000 is what a database that does not accept connections (ALLOW_CONNECTIONS
+ * false, or being dropped) answers a new connection; none of the service's
+ * own statements raises it.
+ */
+const unavailableStates = /^(08|53|55000$|57P0[1-3])/;
 const unavailableErrnos = new Set([
   "ECONNREFUSED",
   "ECONNRESET",
@@ -30,7 +35,7 @@ function isDatabaseUnavailable(error: unknown): boolean {
     (typeof code === "string" &&
       (unavailableStates.test(code) || unavailableErrnos.has(code))) ||
     name === "KnexTimeoutError" ||
-    /Connection terminated|connection is closed|Timeout acquiring a connection/i.test(
+    /Connection terminated|connection is closed|Timeout acquiring a connection|is not queryable/i.test(
       message,
     )
   );

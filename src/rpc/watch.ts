@@ -90,6 +90,7 @@ export async function* watchRows(
           yield message(Kind.CHANGE, change.revision, change.row);
         }
         if (changes.length < REPLAY_PAGE) break;
+        signal.throwIfAborted();
       }
     } else {
       const snapshot = await readSnapshot(
@@ -119,6 +120,15 @@ export async function* watchRows(
           Code.Unavailable,
         );
       }
+      if (event.kind === "interrupted") {
+        throw new ConnectError(
+          `the database is unavailable; resume from revision ${cursor}`,
+          Code.Unavailable,
+          undefined,
+          undefined,
+          event.cause,
+        );
+      }
       if (event.kind === "closed") {
         if (shutdownSignal.aborted) {
           throw new ConnectError(
@@ -126,6 +136,9 @@ export async function* watchRows(
             Code.Unavailable,
           );
         }
+        // The caller's deadline passed or the caller went away; a deadline
+        // must not look like a stream that ended by itself.
+        if (signal.aborted) throw ConnectError.from(signal.reason);
         return;
       }
       if (event.kind === "idle") {

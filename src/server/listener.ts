@@ -48,28 +48,47 @@ export function createDualProtocolListener(
 ): DualProtocolListener {
   const http1 = http.createServer(handler);
   const h2 = http2.createServer({}, handler);
-  const sessions = new Set<http2.Http2Session>();
+  // The open streams of each HTTP/2 session.
+  const sessions = new Map<http2.Http2Session, Set<http2.Http2Stream>>();
+  // Sessions told to open no more streams, to close once they have none.
+  const draining = new Set<http2.Http2Session>();
   const connections = new Set<net.Socket>();
   const http2Connections = new Set<net.Socket>();
   // HTTP/1.1 calls in flight on each connection; an HTTP/1.1 connection
   // absent here is idle between calls.
-  const callsInFlight = new Map<net.Socket, number>();
+  const callsInFlight = new Map<net.Socket, Set<http.ServerResponse>>();
   let closing = false;
+  // An HTTP/1.1 client may send its next call on a kept-alive connection the
+  // moment the previous answer arrives; one that is told the connection
+  // closes opens a new one, and is refused, instead of losing that call.
+  const answerWithClose = (response: http.ServerResponse) => {
+    if (!response.headersSent) response.setHeader("connection", "close");
+  };
 
   h2.on("session", (session) => {
-    sessions.add(session);
-    session.once("close", () => sessions.delete(session));
+    const streams = new Set<http2.Http2Stream>();
+    sessions.set(session, streams);
+    session.once("close", () => {
+      sessions.delete(session);
+      draining.delete(session);
+    });
+    session.on("stream", (stream: http2.Http2Stream) => {
+      streams.add(stream);
+      stream.once("close", () => {
+        streams.delete(stream);
+        if (streams.size === 0 && draining.has(session)) session.close();
+      });
+    });
     if (closing) session.close();
   });
   http1.on("request", (request: http.IncomingMessage, response) => {
     const { socket } = request;
-    callsInFlight.set(socket, (callsInFlight.get(socket) ?? 0) + 1);
+    const calls = callsInFlight.get(socket) ?? new Set();
+    callsInFlight.set(socket, calls.add(response));
+    if (closing) answerWithClose(response);
     response.once("close", () => {
-      const left = (callsInFlight.get(socket) ?? 1) - 1;
-      if (left > 0) {
-        callsInFlight.set(socket, left);
-        return;
-      }
+      calls.delete(response);
+      if (calls.size > 0) return;
       callsInFlight.delete(socket);
       if (closing) socket.end();
     });
@@ -125,15 +144,37 @@ export function createDualProtocolListener(
     createTlsServer(tlsSettings, FIRST_BYTES_TIMEOUT_MS, routeByAlpn);
   const tcp = secure?.server ?? net.createServer(routeByPreface);
 
+  /**
+   * Closes an HTTP/2 session without refusing a call that its client sent
+   * before it knew: a refused stream reaches connect-node and others as
+   * INTERNAL rather than UNAVAILABLE, so they would not try it again.
+   *
+   * A first GOAWAY that refuses nothing tells the client to open no more
+   * streams. Those it opened before are sent ahead of its answer to a PING,
+   * or in the same write (the answer jumps the queue), which the session
+   * reads to the end before `setImmediate` runs. Once the PING has made the
+   * round trip and the session's streams have all ended, the final GOAWAY
+   * refuses nothing a client could still send.
+   */
+  const closeGracefully = (session: http2.Http2Session) => {
+    if (session.closed || session.destroyed) return;
+    session.goaway(http2.constants.NGHTTP2_NO_ERROR, 2 ** 31 - 1);
+    const drain = () => {
+      draining.add(session);
+      if (sessions.get(session)?.size === 0) session.close();
+    };
+    if (!session.ping(() => setImmediate(drain))) drain();
+  };
+
   const close = async (graceMs: number) => {
     closing = true;
     const stopped = new Promise<void>((resolve) => tcp.close(() => resolve()));
     secure?.dropHandshakes();
-    for (const session of sessions) session.close();
+    for (const session of sessions.keys()) closeGracefully(session);
     for (const socket of connections) {
-      if (!http2Connections.has(socket) && !callsInFlight.has(socket)) {
-        socket.end();
-      }
+      const calls = callsInFlight.get(socket);
+      if (calls) calls.forEach(answerWithClose);
+      else if (!http2Connections.has(socket)) socket.end();
     }
     const cut = setTimeout(() => {
       for (const socket of connections) socket.destroy();

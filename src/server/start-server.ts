@@ -5,6 +5,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { MikroORM } from "@mikro-orm/postgresql";
 import type { Logger } from "pino";
 import type { Settings } from "../config/settings.js";
+import type { ChangeFeed } from "../events/change-feed.js";
 import { InProcessChangeFeed } from "../events/in-process-change-feed.js";
 import { errorInterceptor } from "../rpc/errors.js";
 import { hostRoutes } from "../rpc/host-service.js";
@@ -31,8 +32,11 @@ import { peerCertificateFingerprint } from "./tls.js";
 /** Largest request message the server reads. */
 export const READ_MAX_BYTES = 4 * 1024 * 1024;
 const POSTGRES_POOL_SIZE = 10;
-/** How long calls in flight get to finish when the server stops. */
-const SHUTDOWN_GRACE_MS = 2000;
+/**
+ * The share of SHUTDOWN_DEADLINE_MS that calls in flight get to finish when
+ * the server stops; the rest is for closing the database.
+ */
+const CALLS_SHARE_OF_SHUTDOWN = 0.75;
 
 /** A server that is listening; `close` stops it and releases everything. */
 export interface RunningServer {
@@ -41,6 +45,16 @@ export interface RunningServer {
   /** Base URL for clients, such as http://127.0.0.1:8080. */
   readonly url: string;
   readonly orm: MikroORM;
+  /** The change feed that the Watch streams of this server follow. */
+  readonly feed: ChangeFeed;
+  /** Aborts when `close` begins: every open stream listens for it. */
+  readonly stopping: AbortSignal;
+  /**
+   * Stops taking calls, ends Watch and Heartbeat streams with UNAVAILABLE
+   * (a Heartbeat message being applied is committed first), lets unary
+   * calls in flight finish for most of SHUTDOWN_DEADLINE_MS and cuts what is
+   * still open after that, then closes the database.
+   */
   close(): Promise<void>;
 }
 
@@ -159,7 +173,9 @@ async function serve(
   const close = () => {
     closing ??= (async () => {
       shutdown.abort();
-      await listener.close(SHUTDOWN_GRACE_MS);
+      await listener.close(
+        Math.floor(settings.shutdownDeadlineMs * CALLS_SHARE_OF_SHUTDOWN),
+      );
       await pruner.stop();
       await sweeper.stop();
       await feed.close();
@@ -169,7 +185,7 @@ async function serve(
     })();
     return closing;
   };
-  return { port, url, orm, close };
+  return { port, url, orm, feed, stopping: shutdown.signal, close };
 }
 
 /** How the server speaks to its clients, for the start-up log line. */

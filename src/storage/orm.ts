@@ -10,9 +10,34 @@ export type DatabaseTarget =
   | { readonly url: string }
   | { readonly connection: EmbeddedDatabase["connection"] };
 
+/** How long a call waits for a database connection before UNAVAILABLE. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * Options for connections to a PostgreSQL server over the network (the
+ * embedded database is in this process, with nothing in between).
+ *
+ * A server that dies or is restarted closes its connections, and the calls
+ * using them fail at once. A network that silently drops packets does not:
+ * TCP keepalive lets the driver notice a dead connection in its pool (after
+ * the operating system's probes, minutes rather than seconds), and the
+ * server rolls back a transaction whose client has gone quiet in the middle
+ * of it, so that it does not hold the revision lock that every writer needs.
+ */
+const NETWORK_CONNECTION = {
+  keepAlive: true,
+  keepAliveInitialDelayMillis: 10_000,
+  idle_in_transaction_session_timeout: 60_000,
+};
+
 /**
  * Opens the ORM on `target` and applies every pending migration. The embedded
  * database serves one connection, so its pool holds exactly one.
+ *
+ * When the database cannot be reached, a call fails as soon as a new
+ * connection is refused, or after CONNECT_TIMEOUT_MS at most, and the pool
+ * tries a new connection for the next call, so the server serves again by
+ * itself once the database is back.
  */
 export async function openOrm(
   target: DatabaseTarget,
@@ -48,11 +73,26 @@ export async function openOrm(
         ),
       min: 0,
       max: options.poolSize,
-      acquireTimeoutMillis: options.connectTimeoutMs ?? 10_000,
+      acquireTimeoutMillis: options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS,
+      // A refused connection fails the call waiting for it at once instead
+      // of being retried until the acquire timeout.
+      propagateCreateError: true,
     },
     driverOptions: {
       connection: {
-        connectionTimeoutMillis: options.connectTimeoutMs ?? 10_000,
+        connectionTimeoutMillis: options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS,
+        ...("url" in target ? NETWORK_CONNECTION : {}),
+      },
+      // The query builder would print these to stdout, between the JSON
+      // lines of the log.
+      log: {
+        warn: (message: unknown) => logger.warn({ knex: message }, "database"),
+        error: (message: unknown) =>
+          logger.error({ knex: message }, "database"),
+        deprecate: (message: unknown) =>
+          logger.debug({ knex: message }, "database"),
+        debug: (message: unknown) =>
+          logger.debug({ knex: message }, "database"),
       },
     },
     migrations: {

@@ -16,6 +16,7 @@ const DEFAULTS: Settings = {
   hostLostAfterMs: 15_000,
   hostLostGraceMs: 60_000,
   sweepIntervalMs: 5_000,
+  shutdownDeadlineMs: 10_000,
   logLevel: "info",
   tls: undefined,
   corsAllowedOrigins: [],

@@ -1,0 +1,290 @@
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { type Client, ConnectError, createClient } from "@connectrpc/connect";
+import {
+  createConnectTransport,
+  createGrpcTransport,
+} from "@connectrpc/connect-node";
+import pg from "pg";
+import { afterAll, afterEach, beforeAll, expect, test, vi } from "vitest";
+import {
+  HeartbeatRequestSchema,
+  LifecycleService,
+  Operation,
+  Status,
+  WatchResponse_Kind,
+} from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
+import {
+  type ServerProcess,
+  spawnServer,
+  stopProcess,
+} from "../support/server-process.js";
+import {
+  createTestDatabase,
+  deckyName,
+  startTestServer,
+  type TestDatabase,
+} from "../support/test-server.js";
+
+// Spawning tsx and opening the embedded database take seconds each.
+const PROCESS_TIMEOUT_MS = 120_000;
+
+let database: TestDatabase;
+const started: ServerProcess[] = [];
+
+beforeAll(async () => {
+  database = await createTestDatabase();
+});
+
+afterEach(async () => {
+  for (const server of started.splice(0)) await stopProcess(server.child);
+});
+
+afterAll(async () => {
+  await database?.drop();
+});
+
+function start(env: Record<string, string> = {}): ServerProcess {
+  const server = spawnServer({ ...database.env, PORT: "0", ...env });
+  started.push(server);
+  return server;
+}
+
+/** How a call ended: "ok", or the code and message it failed with. */
+async function outcomeOf(call: Promise<unknown>): Promise<string> {
+  try {
+    await call;
+    return "ok";
+  } catch (error) {
+    const { code, rawMessage } = ConnectError.from(error);
+    return `${code}: ${rawMessage}`;
+  }
+}
+
+type LifecycleClient = Client<typeof LifecycleService>;
+
+/** What the server acknowledged before it stopped. */
+interface Acknowledged {
+  /** Rows whose Accept was answered. */
+  readonly accepted: Set<string>;
+  /** Rows whose Report to RUNNING was answered. */
+  readonly reported: Set<string>;
+  /** Rows moved to SUCCEEDED by a Heartbeat stream that closed with OK. */
+  readonly succeeded: Set<string>;
+}
+
+/**
+ * A runner that accepts master-resident rows and reports them RUNNING, until
+ * a call fails; returns how that call failed.
+ */
+async function runner(client: LifecycleClient, acked: Acknowledged) {
+  for (;;) {
+    let id = "";
+    const outcome = await outcomeOf(
+      (async () => {
+        const accepted = await client.accept({
+          operation: Operation.DEPLOY,
+          targets: [{ deckyName: deckyName("master") }],
+        });
+        id = accepted.lifecycleIds[0]!;
+        acked.accepted.add(id);
+        await client.report({ lifecycleId: id, status: Status.RUNNING });
+        acked.reported.add(id);
+      })(),
+    );
+    if (outcome !== "ok") return outcome;
+  }
+}
+
+/**
+ * A worker host that accepts a row for itself and moves it to RUNNING and
+ * SUCCEEDED over one Heartbeat stream per row, until a call fails.
+ */
+async function worker(client: LifecycleClient, acked: Acknowledged) {
+  const host = randomUUID();
+  for (;;) {
+    const outcome = await outcomeOf(
+      (async () => {
+        const name = deckyName("worker");
+        const accepted = await client.accept({
+          operation: Operation.DEPLOY,
+          targets: [{ deckyName: name, hostUuid: host }],
+        });
+        const id = accepted.lifecycleIds[0]!;
+        acked.accepted.add(id);
+        const delta = (status: Status) =>
+          create(HeartbeatRequestSchema, {
+            hostUuid: host,
+            agentVersion: "test-agent/1.0",
+            deltas: [
+              {
+                deckyName: name,
+                operation: Operation.DEPLOY,
+                status,
+                lifecycleId: id,
+              },
+            ],
+          });
+        const response = await client.heartbeat(
+          (async function* () {
+            yield delta(Status.RUNNING);
+            yield delta(Status.SUCCEEDED);
+          })(),
+        );
+        expect(response).toMatchObject({ messages: 2, applied: 2 });
+        acked.succeeded.add(id);
+      })(),
+    );
+    if (outcome !== "ok") return outcome;
+  }
+}
+
+test(
+  "SIGTERM during traffic: Watch and open Heartbeat streams end with UNAVAILABLE, the process exits 0, and every acknowledged call is in the database",
+  async () => {
+    const server = start();
+    const baseUrl = await server.servingUrl();
+    const grpc = createClient(
+      LifecycleService,
+      createGrpcTransport({ baseUrl }),
+    );
+    const connect = createClient(
+      LifecycleService,
+      createConnectTransport({ baseUrl, httpVersion: "1.1" }),
+    );
+    const acked: Acknowledged = {
+      accepted: new Set(),
+      reported: new Set(),
+      succeeded: new Set(),
+    };
+
+    const watch = grpc.watch({})[Symbol.asyncIterator]();
+    while (
+      (await watch.next()).value?.kind !== WatchResponse_Kind.SNAPSHOT_END
+    );
+    const watchEnd = outcomeOf(
+      (async () => {
+        for (;;) if ((await watch.next()).done) return;
+      })(),
+    );
+    // A worker that keeps its stream open and has sent one message.
+    const idleHost = randomUUID();
+    const idleStream = outcomeOf(
+      grpc.heartbeat(
+        (async function* () {
+          yield create(HeartbeatRequestSchema, {
+            hostUuid: idleHost,
+            agentVersion: "test-agent/1.0",
+          });
+          await new Promise(() => {});
+        })(),
+      ),
+    );
+    const traffic = [
+      runner(grpc, acked),
+      runner(connect, acked),
+      worker(grpc, acked),
+      worker(connect, acked),
+    ];
+    while (acked.succeeded.size < 10 || acked.reported.size < 10) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+
+    server.child.kill("SIGTERM");
+    const exit = await server.exited;
+    const ended = await Promise.all(traffic);
+
+    expect(exit).toEqual({ code: 0, signal: null });
+    expect(server.log.at(-1)?.msg).toBe("decky-lifecycle stopped");
+    expect(await watchEnd).toMatch(
+      /^14: the server is shutting down; resume from revision \d+$/,
+    );
+    expect(await idleStream).toBe(
+      "14: the server is shutting down; open a new stream and send unacknowledged deltas again",
+    );
+    // Each client was refused once the server stopped taking calls. An
+    // HTTP/1.1 call sent on a kept-alive connection at the instant the server
+    // closed it, idle, never reached the server; its client sees the
+    // connection drop.
+    const [grpcRunner, connectRunner, grpcWorker, connectWorker] = ended;
+    expect([grpcRunner, grpcWorker]).toEqual([
+      expect.stringMatching(/^14: /),
+      expect.stringMatching(/^14: /),
+    ]);
+    expect([connectRunner, connectWorker]).toEqual([
+      expect.stringMatching(/^(14: |10: socket hang up$)/),
+      expect.stringMatching(/^(14: |10: socket hang up$)/),
+    ]);
+
+    const fresh = await startTestServer(database);
+    try {
+      const rows = new Map<string, Status>();
+      const ids = [...acked.accepted];
+      for (let at = 0; at < ids.length; at += 200) {
+        const page = await fresh.grpc.list({
+          ids: ids.slice(at, at + 200),
+          pageSize: 200,
+        });
+        for (const row of page.rows) rows.set(row.id, row.status);
+      }
+      expect([...acked.accepted].filter((id) => !rows.has(id))).toEqual([]);
+      expect(
+        [...acked.reported].filter((id) => rows.get(id) !== Status.RUNNING),
+      ).toEqual([]);
+      expect(
+        [...acked.succeeded].filter((id) => rows.get(id) !== Status.SUCCEEDED),
+      ).toEqual([]);
+    } finally {
+      await fresh.close();
+    }
+  },
+  PROCESS_TIMEOUT_MS,
+);
+
+test.skipIf(!process.env.TEST_DATABASE_URL)(
+  "a stop that a call stuck in the database holds up past SHUTDOWN_DEADLINE_MS exits with status 1, saying so (needs TEST_DATABASE_URL: only another session on a real PostgreSQL can hold the call up)",
+  async () => {
+    const server = start({ SHUTDOWN_DEADLINE_MS: "1000" });
+    const baseUrl = await server.servingUrl();
+    const grpc = createClient(
+      LifecycleService,
+      createGrpcTransport({ baseUrl }),
+    );
+    // Every write waits for the revision counter, which this session holds.
+    const blocker = new pg.Client({ connectionString: database.url });
+    await blocker.connect();
+    try {
+      await blocker.query("begin");
+      await blocker.query(
+        "select value from lifecycle_revision where id = 1 for update",
+      );
+      const stuck = outcomeOf(
+        grpc.accept({
+          operation: Operation.DEPLOY,
+          targets: [{ deckyName: deckyName("stuck") }],
+        }),
+      );
+      await vi.waitFor(async () => {
+        const waiting = await blocker.query(
+          `select count(*)::int as n from pg_stat_activity
+           where datname = current_database() and wait_event_type = 'Lock'`,
+        );
+        expect(waiting.rows[0].n).toBe(1);
+      });
+
+      server.child.kill("SIGTERM");
+      const exit = await server.exited;
+
+      expect(exit).toEqual({ code: 1, signal: null });
+      expect(server.log.at(-1)).toMatchObject({
+        level: 50,
+        msg: "could not stop within SHUTDOWN_DEADLINE_MS; exiting anyway",
+        shutdownDeadlineMs: 1000,
+      });
+      expect(await stuck).not.toBe("ok");
+    } finally {
+      await blocker.end();
+    }
+  },
+  PROCESS_TIMEOUT_MS,
+);
