@@ -29,6 +29,16 @@ const durationMs = (min: number, max = Number.MAX_SAFE_INTEGER) =>
       .max(max, `must be at most ${max} ms`),
   );
 
+const count = (max: number) =>
+  wholeNumber("").pipe(
+    z
+      .number()
+      .min(1, `must be between 1 and ${max}`)
+      .max(max, `must be between 1 and ${max}`),
+  );
+
+const AUTH_MODES = ["tokens", "none"] as const;
+
 const LOG_LEVELS = [
   "fatal",
   "error",
@@ -58,6 +68,11 @@ const schema = z.object({
   LOG_LEVEL: z
     .enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` })
     .default("info"),
+  AUTH: z
+    .enum(AUTH_MODES, { error: `must be one of ${AUTH_MODES.join(", ")}` })
+    .default("none"),
+  WATCH_STREAMS_PER_CALLER: count(1_000_000).default(1000),
+  HEARTBEAT_STREAMS_PER_HOST: count(1000).default(4),
   TLS_CERT_FILE: z.string().optional(),
   TLS_KEY_FILE: z.string().optional(),
   TLS_CLIENT_CA_FILE: z.string().optional(),
@@ -101,6 +116,15 @@ export interface Settings {
   /** How long a stop may take before the process gives up and exits 1. */
   readonly shutdownDeadlineMs: number;
   readonly logLevel: string;
+  /**
+   * How callers prove who they are: `tokens` needs a bearer token on every
+   * call; `none` lets every caller act as an admin.
+   */
+  readonly auth: (typeof AUTH_MODES)[number];
+  /** How many Watch streams one caller may hold open at once. */
+  readonly watchStreamsPerCaller: number;
+  /** How many Heartbeat streams one host may hold open at once. */
+  readonly heartbeatStreamsPerHost: number;
   /** Certificate and key to serve TLS with; unset serves cleartext. */
   readonly tls: TlsSettings | undefined;
   /**
@@ -162,6 +186,9 @@ export function loadSettings(
     sweepIntervalMs: value.SWEEP_INTERVAL_MS,
     shutdownDeadlineMs: value.SHUTDOWN_DEADLINE_MS,
     logLevel: value.LOG_LEVEL,
+    auth: value.AUTH,
+    watchStreamsPerCaller: value.WATCH_STREAMS_PER_CALLER,
+    heartbeatStreamsPerHost: value.HEARTBEAT_STREAMS_PER_HOST,
     tls: readTlsFiles(value),
     corsAllowedOrigins: value.CORS_ALLOWED_ORIGINS ?? [],
   };

@@ -11,12 +11,15 @@ import {
   HeartbeatResponseSchema,
   type LifecycleDelta,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
+import { checkHeartbeatHost } from "../auth/worker-scope.js";
 import { type DeltaInput, validateDelta } from "../domain/delta.js";
 import type { ChangeFeed } from "../events/change-feed.js";
 import { applyDelta, recordHeartbeat } from "../storage/heartbeat-writes.js";
 import { inWriteTransaction } from "../storage/write-transaction.js";
 import { operationOf, resultEnum, statusOf } from "./convert.js";
 import { checkText, invalidArgument, quote } from "./invalid.js";
+import type { Caller } from "./services.js";
+import type { OpenStreams } from "./stream-limits.js";
 import { checkUuid } from "./validate.js";
 
 const MAX_AGENT_VERSION_LENGTH = 200;
@@ -39,17 +42,28 @@ function deltaInput(delta: LifecycleDelta): DeltaInput {
   };
 }
 
+/** Who sends a Heartbeat stream, and where open streams are counted. */
+export interface HeartbeatAccess {
+  readonly caller: Caller;
+  readonly streams: OpenStreams;
+}
+
 /**
  * Applies a worker's Heartbeat stream: each message in its own transaction
  * as it arrives, recording the host as alive and moving the rows its deltas
  * name. Answers, when the worker closes the stream, with the counts and an
  * outcome for every delta that was not applied.
+ *
+ * A worker's stream must speak for the worker's own host. The stream counts
+ * against its host's cap from its first message on, and ends early when the
+ * host is decommissioned or the stream's token revoked.
  */
 export async function applyHeartbeats(
   messages: AsyncIterable<HeartbeatRequest>,
   em: EntityManager,
   feed: ChangeFeed,
   shutdownSignal: AbortSignal,
+  access: HeartbeatAccess,
 ): Promise<HeartbeatResponse> {
   let streamHost: string | undefined;
   let count = 0;
@@ -58,14 +72,25 @@ export async function applyHeartbeats(
   // stream closes, so they are held until then; a stream kept open for days
   // by a worker that keeps sending refused deltas grows without bound.
   const outcomes: DeltaOutcome[] = [];
+  const ended = new AbortController();
+  let release: (() => void) | undefined;
 
-  for await (const request of untilShutdown(messages, shutdownSignal)) {
+  for await (const request of untilShutdown(
+    messages,
+    shutdownSignal,
+    ended.signal,
+    () => release?.(),
+  )) {
     const messageIndex = count;
     const hostUuid = checkUuid("host_uuid", request.hostUuid);
     if (streamHost !== undefined && hostUuid !== streamHost) {
       throw invalidArgument(
         `host_uuid ${quote(request.hostUuid)} of message ${messageIndex} differs from ${streamHost}, the host this stream started with`,
       );
+    }
+    if (streamHost === undefined) {
+      checkHeartbeatHost(access.caller, hostUuid);
+      release = access.streams.openHeartbeat(access.caller, hostUuid, ended);
     }
     streamHost = hostUuid;
     checkText("agent_version", request.agentVersion, MAX_AGENT_VERSION_LENGTH);
@@ -121,11 +146,15 @@ export async function applyHeartbeats(
  * The stream's messages until the server shuts down; then the call ends with
  * UNAVAILABLE, so the worker opens a new stream elsewhere or later and sends
  * again whatever it has not seen acknowledged. A message already received is
- * applied first.
+ * applied first. When `endSignal` aborts (the host was decommissioned, the
+ * token revoked), the call ends with its reason the same way. `onEnd` runs
+ * once the stream is over.
  */
 async function* untilShutdown(
   messages: AsyncIterable<HeartbeatRequest>,
   shutdownSignal: AbortSignal,
+  endSignal: AbortSignal,
+  onEnd: () => void,
 ): AsyncGenerator<HeartbeatRequest> {
   const iterator = messages[Symbol.asyncIterator]();
   let onShutdown: (() => void) | undefined;
@@ -134,9 +163,16 @@ async function* untilShutdown(
     if (shutdownSignal.aborted) onShutdown();
     shutdownSignal.addEventListener("abort", onShutdown);
   });
+  let onEndSignal: (() => void) | undefined;
+  const endedEarly = new Promise<"ended">((resolve) => {
+    onEndSignal = () => resolve("ended");
+    if (endSignal.aborted) onEndSignal();
+    endSignal.addEventListener("abort", onEndSignal);
+  });
   try {
     for (;;) {
-      const next = await Promise.race([iterator.next(), shutdown]);
+      const next = await Promise.race([iterator.next(), shutdown, endedEarly]);
+      if (next === "ended") throw endSignal.reason;
       if (next === "shutdown") {
         throw new ConnectError(
           "the server is shutting down; open a new stream and send unacknowledged deltas again",
@@ -148,6 +184,8 @@ async function* untilShutdown(
     }
   } finally {
     if (onShutdown) shutdownSignal.removeEventListener("abort", onShutdown);
+    if (onEndSignal) endSignal.removeEventListener("abort", onEndSignal);
+    onEnd();
     void iterator.return?.();
   }
 }

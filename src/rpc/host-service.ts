@@ -8,8 +8,9 @@ import {
 import type { HostState } from "../domain/host.js";
 import { listHosts } from "../storage/host-reads.js";
 import { hostStateOf, toHostMessage } from "./host-convert.js";
-import type { HostPageTokens } from "./page-token.js";
+import { hostEnrolmentHandlers } from "./host-enrolment.js";
 import { invalidArgument } from "./invalid.js";
+import type { HostPageTokens } from "./page-token.js";
 import { entityManagerKey, type Services } from "./services.js";
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./validate.js";
 
@@ -59,6 +60,7 @@ export function hostRoutes(services: HostServices) {
   const { hostPageTokens } = services;
   return (router: ConnectRouter) =>
     router.service(HostService, {
+      ...hostEnrolmentHandlers(services),
       async listHosts(request, context) {
         const query = validateListHosts(request);
         const after =

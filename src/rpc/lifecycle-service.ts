@@ -7,6 +7,7 @@ import {
   ListResponseSchema,
   ReportResponseSchema,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
+import { confineToCallerHost } from "../auth/worker-scope.js";
 import { LifecycleError } from "../domain/errors.js";
 import type { LifecycleRow } from "../domain/lifecycle.js";
 import {
@@ -18,7 +19,12 @@ import { createRows, findRow, moveRow } from "../storage/lifecycle-writes.js";
 import { inWriteTransaction } from "../storage/write-transaction.js";
 import { statusLabel, toLifecycleMessage } from "./convert.js";
 import { applyHeartbeats } from "./heartbeat.js";
-import { entityManagerKey, type Services } from "./services.js";
+import {
+  type Caller,
+  callerKey,
+  entityManagerKey,
+  type Services,
+} from "./services.js";
 import {
   type AcceptCommand,
   validateAccept,
@@ -34,6 +40,12 @@ function entityManager(context: HandlerContext) {
   return em;
 }
 
+function callerOf(context: HandlerContext): Caller {
+  const caller = context.values.get(callerKey);
+  if (!caller) throw new Error("the call has no caller");
+  return caller;
+}
+
 function acceptBodyHash(command: AcceptCommand): string {
   return createHash("sha256")
     .update(JSON.stringify([command.operation, command.targets]))
@@ -42,7 +54,7 @@ function acceptBodyHash(command: AcceptCommand): string {
 
 /** Registers LifecycleService's handlers: validate, call storage, answer. */
 export function lifecycleRoutes(services: Services) {
-  const { feed, pageTokens } = services;
+  const { feed, pageTokens, streams } = services;
   return (router: ConnectRouter) =>
     router.service(LifecycleService, {
       async accept(request, context) {
@@ -82,7 +94,15 @@ export function lifecycleRoutes(services: Services) {
       },
 
       async list(request, context) {
-        const query = validateList(request);
+        const validated = validateList(request);
+        const query = {
+          ...validated,
+          filter: await confineToCallerHost(
+            entityManager(context),
+            callerOf(context),
+            validated.filter,
+          ),
+        };
         const cursor =
           query.pageToken === undefined
             ? undefined
@@ -104,15 +124,28 @@ export function lifecycleRoutes(services: Services) {
         });
       },
 
-      watch(request, context) {
-        return watchRows(
-          validateWatch(request),
-          entityManager(context),
-          feed,
-          services.keepaliveIntervalMs,
-          context.signal,
-          services.shutdownSignal,
-        );
+      async *watch(request, context) {
+        const query = validateWatch(request);
+        const caller = callerOf(context);
+        const em = entityManager(context);
+        const filter = await confineToCallerHost(em, caller, query.filter);
+        // Ended early, with the reason as the error, when the caller's token
+        // is revoked or its host decommissioned.
+        const ended = new AbortController();
+        const release = streams.openWatch(caller, ended);
+        try {
+          yield* watchRows(
+            { ...query, filter },
+            em,
+            feed,
+            services.keepaliveIntervalMs,
+            AbortSignal.any([context.signal, ended.signal]),
+            services.shutdownSignal,
+          );
+        } finally {
+          release();
+        }
+        ended.signal.throwIfAborted();
       },
 
       heartbeat(requests, context) {
@@ -121,6 +154,7 @@ export function lifecycleRoutes(services: Services) {
           entityManager(context),
           feed,
           services.shutdownSignal,
+          { caller: callerOf(context), streams },
         );
       },
 

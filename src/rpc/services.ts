@@ -1,8 +1,10 @@
 import { createContextKey } from "@connectrpc/connect";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import type { Logger } from "pino";
+import type { Role } from "../auth/roles.js";
 import type { ChangeFeed } from "../events/change-feed.js";
 import type { PageTokens } from "./page-token.js";
+import type { OpenStreams } from "./stream-limits.js";
 
 /** What the RPC handlers need from the running server. */
 export interface Services {
@@ -12,6 +14,8 @@ export interface Services {
   readonly keepaliveIntervalMs: number;
   /** Aborts when the server shuts down; open Watch streams then end. */
   readonly shutdownSignal: AbortSignal;
+  /** The open Watch and Heartbeat streams: their caps, and ending them. */
+  readonly streams: OpenStreams;
 }
 
 /**
@@ -22,6 +26,25 @@ export const entityManagerKey = createContextKey<EntityManager | undefined>(
   undefined,
   { description: "the call's entity manager" },
 );
+
+/** Who is calling, as the auth interceptor established it. */
+export interface Caller {
+  readonly role: Role;
+  /**
+   * The token's name; with AUTH=none, "anonymous", or the host whose pinned
+   * certificate the caller presented.
+   */
+  readonly name: string;
+  /** The token the call came with; unset with AUTH=none. */
+  readonly tokenId?: string;
+  /** The one host a worker speaks for; unset for every other role. */
+  readonly hostUuid?: string;
+}
+
+/** The caller of the call; set by the auth interceptor before any handler. */
+export const callerKey = createContextKey<Caller | undefined>(undefined, {
+  description: "the caller",
+});
 
 /**
  * SHA-256 of the client certificate the call came with, as lower-case hex;

@@ -4,6 +4,8 @@ import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { MikroORM } from "@mikro-orm/postgresql";
 import type { Logger } from "pino";
+import { checkExposure } from "../auth/exposure.js";
+import { authInterceptor } from "../auth/interceptor.js";
 import type { Settings } from "../config/settings.js";
 import type { ChangeFeed } from "../events/change-feed.js";
 import { InProcessChangeFeed } from "../events/in-process-change-feed.js";
@@ -13,6 +15,8 @@ import { lifecycleRoutes } from "../rpc/lifecycle-service.js";
 import { HostPageTokens, PageTokens } from "../rpc/page-token.js";
 import { checkRequestDecoding } from "../rpc/request-decoding.js";
 import { entityManagerKey, peerCertificateKey } from "../rpc/services.js";
+import { OpenStreams } from "../rpc/stream-limits.js";
+import { tokenRoutes } from "../rpc/token-service.js";
 import {
   type EmbeddedDatabase,
   openEmbeddedDatabase,
@@ -66,6 +70,11 @@ export async function startServer(
   settings: Settings,
   logger: Logger,
 ): Promise<RunningServer> {
+  checkExposure({
+    host: settings.host,
+    auth: settings.auth,
+    tlsConfigured: settings.tls !== undefined,
+  });
   let embedded: EmbeddedDatabase | undefined;
   let orm: MikroORM | undefined;
   try {
@@ -131,6 +140,10 @@ async function serve(
     logger,
     keepaliveIntervalMs: settings.keepaliveIntervalMs,
     shutdownSignal: shutdown.signal,
+    streams: new OpenStreams({
+      watchStreamsPerCaller: settings.watchStreamsPerCaller,
+      heartbeatStreamsPerHost: settings.heartbeatStreamsPerHost,
+    }),
   };
   const handler = connectNodeAdapter({
     // Request messages are decoded and checked before connect parses them,
@@ -138,8 +151,13 @@ async function serve(
     routes: checkRequestDecoding((router) => {
       lifecycleRoutes(services)(router);
       hostRoutes(services)(router);
+      tokenRoutes(services)(router);
     }, READ_MAX_BYTES),
-    interceptors: [errorInterceptor(logger, shutdown.signal)],
+    // Errors of the auth interceptor pass through the error interceptor too.
+    interceptors: [
+      errorInterceptor(logger, shutdown.signal),
+      authInterceptor(settings.auth),
+    ],
     readMaxBytes: READ_MAX_BYTES,
     // A misspelt field or enum name must fail the call, not be dropped and
     // quietly widen a filter or lose a host.

@@ -18,6 +18,9 @@ const DEFAULTS: Settings = {
   sweepIntervalMs: 5_000,
   shutdownDeadlineMs: 10_000,
   logLevel: "info",
+  auth: "none",
+  watchStreamsPerCaller: 1000,
+  heartbeatStreamsPerHost: 4,
   tls: undefined,
   corsAllowedOrigins: [],
 };
@@ -64,6 +67,9 @@ test("loadSettings reads every variable that is set", () => {
     HOST_LOST_GRACE_MS: "0",
     SWEEP_INTERVAL_MS: "10",
     LOG_LEVEL: "debug",
+    AUTH: "tokens",
+    WATCH_STREAMS_PER_CALLER: "7",
+    HEARTBEAT_STREAMS_PER_HOST: "1",
     CORS_ALLOWED_ORIGINS: "https://console.example.com",
   });
 
@@ -79,6 +85,9 @@ test("loadSettings reads every variable that is set", () => {
     hostLostGraceMs: 0,
     sweepIntervalMs: 10,
     logLevel: "debug",
+    auth: "tokens",
+    watchStreamsPerCaller: 7,
+    heartbeatStreamsPerHost: 1,
     tls: undefined,
     corsAllowedOrigins: ["https://console.example.com"],
   });
@@ -138,6 +147,17 @@ test.each([
     "LOG_LEVEL",
     "loud",
     'LOG_LEVEL="loud" must be one of fatal, error, warn, info, debug, trace, silent',
+  ],
+  ["AUTH", "token", 'AUTH="token" must be one of tokens, none'],
+  [
+    "WATCH_STREAMS_PER_CALLER",
+    "0",
+    'WATCH_STREAMS_PER_CALLER="0" must be between 1 and 1000000',
+  ],
+  [
+    "HEARTBEAT_STREAMS_PER_HOST",
+    "many",
+    'HEARTBEAT_STREAMS_PER_HOST="many" must be a whole number',
   ],
 ])(
   "loadSettings refuses %s=%j, naming the variable and the value",
