@@ -10,17 +10,18 @@ import {
   createGrpcTransport,
   Http2SessionManager,
 } from "@connectrpc/connect-node";
+import pRetry from "p-retry";
 import type { Logger } from "pino";
 import {
-  type HeartbeatRequest,
-  HeartbeatRequestSchema,
+  type DeltaOutcome,
   type HeartbeatResponse,
   type LifecycleDelta,
   LifecycleDeltaSchema,
   LifecycleService,
   Status,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
-import { AsyncQueue } from "./async-queue.js";
+import { HeartbeatStream } from "./heartbeat-stream.js";
+import { Outbox } from "./outbox.js";
 
 /** What `report` takes: a LifecycleDelta in its init shape. */
 export type LifecycleDeltaInit = MessageInitShape<typeof LifecycleDeltaSchema>;
@@ -38,69 +39,161 @@ export type WorkerClientConnection =
 
 /** Options of `new WorkerClient(...)`. */
 export type WorkerClientOptions = WorkerClientConnection & {
-  /** The worker host; every message of the stream carries it. */
+  /** The worker host; every message carries it. */
   hostUuid: string;
-  /** The worker agent's version; every message of the stream carries it. */
+  /** The worker agent's version; every message carries it. */
   agentVersion: string;
+  /**
+   * The outbox file: every reported delta is written there before `report`
+   * returns and stays until the server has acknowledged it, so a worker
+   * restarted on the same file sends again what was not acknowledged.
+   * Unset: the outbox is kept in memory and dies with the process.
+   */
+  outboxPath?: string;
   /** Milliseconds between heartbeat messages; 5000 when unset. */
   intervalMs?: number;
-  /** Receives debug lines about the stream. */
+  /**
+   * A stream is closed, and its deltas acknowledged, once it has sent this
+   * many messages, or `streamDeltas` deltas, or been open `streamMs`,
+   * whichever comes first; then a new one opens. 100 when unset.
+   */
+  streamMessages?: number;
+  /**
+   * Deltas one stream carries at most; the rest wait for the next one, so
+   * that what a failed stream leaves to send again stays bounded. 500 when
+   * unset.
+   */
+  streamDeltas?: number;
+  /** Milliseconds a stream stays open at most; 30000 when unset. */
+  streamMs?: number;
+  /**
+   * Milliseconds to wait for the server's answer once a stream is closed,
+   * before it counts as failed; 30000 when unset.
+   */
+  responseTimeoutMs?: number;
+  /** Delay before the first reconnection attempt; 250 ms when unset. */
+  reconnectMinMs?: number;
+  /** Longest delay between reconnection attempts; 30000 ms when unset. */
+  reconnectMaxMs?: number;
+  /** Receives debug lines about the streams. */
   logger?: Logger;
   /**
-   * Called once when the stream ends with an error before `stop()` was
-   * called. The client is then finished: it does not reconnect.
+   * Called for every stream that fails; the client reconnects after a
+   * delay and sends again every delta not yet acknowledged.
    */
   onError?: (error: ConnectError) => void;
+  /**
+   * Called for every delta the server read but did not apply (a replay, a
+   * row already terminal, a row of another host...), once its stream has
+   * closed; the delta then leaves the outbox like an applied one.
+   */
+  onOutcome?: (outcome: DeltaOutcome, delta: LifecycleDelta) => void;
 };
 
-type State = "new" | "running" | "stopping" | "stopped" | "failed";
+/** Options of `stop()`. */
+export interface StopOptions {
+  /**
+   * Milliseconds to keep trying to get the outbox acknowledged; what is
+   * left then stays in the outbox file for the next start. 10000 when unset.
+   */
+  timeoutMs?: number;
+}
 
-type Outcome =
-  | { response: HeartbeatResponse; error?: never }
-  | { error: ConnectError; response?: never };
+/** What the server acknowledged over the client's life, from `stop()`. */
+export interface WorkerClientTotals {
+  /** Streams that closed with OK. */
+  readonly streams: number;
+  /** Messages those streams carried. */
+  readonly messages: number;
+  /** Deltas the server applied. */
+  readonly applied: number;
+  /** Deltas the server read and did not apply; see `onOutcome`. */
+  readonly notApplied: number;
+  /** Deltas left in the outbox, not acknowledged. */
+  readonly unacknowledged: number;
+}
 
-const defaultIntervalMs = 5000;
+type State = "new" | "running" | "stopping" | "stopped";
+
+const DEFAULTS = {
+  intervalMs: 5000,
+  streamMessages: 100,
+  streamDeltas: 500,
+  streamMs: 30_000,
+  responseTimeoutMs: 30_000,
+  reconnectMinMs: 250,
+  reconnectMaxMs: 30_000,
+  stopTimeoutMs: 10_000,
+};
+
+/** Options that must be positive numbers: milliseconds, messages, deltas. */
+const POSITIVE_OPTIONS = [
+  "intervalMs",
+  "streamMessages",
+  "streamDeltas",
+  "streamMs",
+  "responseTimeoutMs",
+  "reconnectMinMs",
+  "reconnectMaxMs",
+] as const;
+
+type Limits = { [K in (typeof POSITIVE_OPTIONS)[number]]: number };
 
 /**
- * The client a worker agent embeds: it keeps one Heartbeat stream open, sends
- * a message every interval so the server knows the host is alive, and sends
- * lifecycle deltas as soon as they are reported.
+ * The client a worker agent embeds. Every delta it is given goes first into
+ * the outbox, then onto a Heartbeat stream; it leaves the outbox only once a
+ * stream that carried it has closed with OK. The stream sends a message every
+ * interval so the server knows the host is alive, and is closed and reopened
+ * on a bounded schedule so that acknowledgements come. After any failure the
+ * client reconnects with exponential backoff and jitter and sends again what
+ * is unacknowledged; a delta the server already applied then comes back
+ * DUPLICATE (or ALREADY_TERMINAL, for a RUNNING that was overtaken) and
+ * changes nothing.
  *
- * One instance serves one stream: start, report, stop. After the stream ends,
- * by `stop()` or by an error, make a new instance to open another.
+ * Start it once, report, stop it once.
  */
 export class WorkerClient {
   readonly #client: Client<typeof LifecycleService>;
   readonly #ownSession: Http2SessionManager | undefined;
   readonly #hostUuid: string;
   readonly #agentVersion: string;
-  readonly #intervalMs: number;
+  readonly #outboxPath: string | undefined;
+  readonly #limits: Limits;
   readonly #log: Logger | undefined;
   readonly #onError: ((error: ConnectError) => void) | undefined;
+  readonly #onOutcome:
+    | ((outcome: DeltaOutcome, delta: LifecycleDelta) => void)
+    | undefined;
 
-  readonly #queue = new AsyncQueue<HeartbeatRequest>();
-  #pending: LifecycleDelta[] = [];
+  /** Aborts the stream and the reconnection delay when `stop()` gives up. */
+  readonly #abort = new AbortController();
+  #outbox: Outbox | undefined;
+  #stream: HeartbeatStream | undefined;
   #flushScheduled = false;
-  #timer: NodeJS.Timeout | undefined;
   #state: State = "new";
-  #outcome: Promise<Outcome> | undefined;
-  #stopped: Promise<HeartbeatResponse> | undefined;
-  #error: ConnectError | undefined;
+  #loop: Promise<void> | undefined;
+  #stopped: Promise<WorkerClientTotals> | undefined;
+  #totals = { streams: 0, messages: 0, applied: 0, notApplied: 0 };
 
   constructor(options: WorkerClientOptions) {
-    const intervalMs = options.intervalMs ?? defaultIntervalMs;
-    if (!Number.isFinite(intervalMs) || intervalMs <= 0) {
-      throw new RangeError(
-        `intervalMs must be a positive number of milliseconds, got ${intervalMs}`,
-      );
+    const limits = { ...DEFAULTS };
+    for (const name of POSITIVE_OPTIONS) {
+      const value = options[name] ?? DEFAULTS[name];
+      if (!Number.isFinite(value) || value <= 0) {
+        throw new RangeError(
+          `${name} must be a positive number, got ${options[name]}`,
+        );
+      }
+      limits[name] = value;
     }
 
     let transport: Transport;
     if ("transport" in options) {
       transport = options.transport;
     } else {
-      // A session of our own, so that stop() can close the connection; a
-      // transport passed in belongs to the caller and stays open.
+      // A session of our own, so that a failed stream can drop a dead
+      // connection and stop() can close it; a transport passed in belongs
+      // to the caller and stays open.
       this.#ownSession = new Http2SessionManager(options.baseUrl);
       transport = createGrpcTransport({
         baseUrl: options.baseUrl,
@@ -111,14 +204,22 @@ export class WorkerClient {
     this.#client = createClient(LifecycleService, transport);
     this.#hostUuid = options.hostUuid;
     this.#agentVersion = options.agentVersion;
-    this.#intervalMs = intervalMs;
+    this.#outboxPath = options.outboxPath;
+    this.#limits = limits;
     this.#log = options.logger?.child({ hostUuid: options.hostUuid });
     this.#onError = options.onError;
+    this.#onOutcome = options.onOutcome;
+  }
+
+  /** How many reported deltas the server has not acknowledged yet. */
+  get unacknowledged(): number {
+    return this.#outbox?.size ?? 0;
   }
 
   /**
-   * Opens the Heartbeat stream, sends the first message at once and then one
-   * every interval. Throws if the client was already started.
+   * Opens the outbox, sending at once whatever it still holds, and the
+   * first Heartbeat stream. Throws if the client was already started or the
+   * outbox file is damaged or not an outbox.
    */
   start(): void {
     if (this.#state !== "new") {
@@ -126,42 +227,37 @@ export class WorkerClient {
         `WorkerClient.start: the client is already ${this.#state}`,
       );
     }
+    this.#outbox = Outbox.open(this.#outboxPath);
     this.#state = "running";
-
-    this.#outcome = this.#client.heartbeat(this.#queue).then(
-      (response): Outcome => ({ response }),
-      (reason: unknown): Outcome => ({ error: ConnectError.from(reason) }),
+    this.#loop = this.#run();
+    this.#log?.debug(
+      { outbox: this.#outboxPath, unacknowledged: this.#outbox.size },
+      "worker client started",
     );
-    void this.#outcome.then((outcome) => this.#settled(outcome));
-
-    this.#send();
-    this.#timer = setInterval(() => this.#send(), this.#intervalMs);
-    this.#log?.debug({ intervalMs: this.#intervalMs }, "heartbeat started");
   }
 
   /**
-   * Sends a delta at once. Deltas reported in the same tick of the event loop
-   * travel in one message, in the order they were reported.
+   * Records a delta in the outbox, durably, and sends it. Deltas reported
+   * in the same tick of the event loop travel in one message, in order.
    *
-   * Returns nothing: what the server did with each delta comes back in the
-   * response that `stop()` resolves with. Throws if the stream is not open
-   * (not started, stopping, stopped or failed), so no delta is lost silently.
+   * Give each delta its `lifecycleId`: a delta without one moves the host's
+   * newest open row for the decky and operation, so one sent again after
+   * its row finished and a new row was accepted would move the new row.
+   *
+   * Throws if the client is not running (not started, stopping or stopped),
+   * or if the outbox cannot be written, so no delta is lost silently.
    */
   report(delta: LifecycleDeltaInit): void {
     if (this.#state !== "running") {
-      throw new Error(
-        `WorkerClient.report: the Heartbeat stream is ${this.#state}`,
-        { cause: this.#error },
-      );
+      throw new Error(`WorkerClient.report: the client is ${this.#state}`);
     }
-    this.#pending.push(create(LifecycleDeltaSchema, delta));
+    this.#outbox!.add([create(LifecycleDeltaSchema, delta)]);
     if (this.#flushScheduled) return;
 
     this.#flushScheduled = true;
     queueMicrotask(() => {
       this.#flushScheduled = false;
-      // The interval or stop() may have sent these deltas already.
-      if (this.#pending.length > 0 && this.#state === "running") this.#send();
+      this.#flush(false);
     });
   }
 
@@ -181,80 +277,164 @@ export class WorkerClient {
   }
 
   /**
-   * Sends the deltas still waiting, closes the stream and resolves with the
-   * server's response. Rejects with the ConnectError if the stream failed,
-   * before or during the close. Calling it again returns the same promise.
+   * Sends what the outbox holds, closes the stream and keeps reconnecting
+   * until the server has acknowledged everything or `timeoutMs` has passed;
+   * then closes the outbox and the connection. Resolves with the totals;
+   * `unacknowledged` deltas stay in the outbox file for the next start.
+   * Calling it again returns the same promise.
    */
-  stop(): Promise<HeartbeatResponse> {
-    this.#stopped ??= this.#stop();
+  stop(options: StopOptions = {}): Promise<WorkerClientTotals> {
+    const timeoutMs = options.timeoutMs ?? DEFAULTS.stopTimeoutMs;
+    if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
+      return Promise.reject(
+        new RangeError(
+          `timeoutMs must be a number of milliseconds, got ${timeoutMs}`,
+        ),
+      );
+    }
+    this.#stopped ??= this.#stop(timeoutMs);
     return this.#stopped;
   }
 
-  async #stop(): Promise<HeartbeatResponse> {
-    if (this.#outcome === undefined) {
+  async #stop(timeoutMs: number): Promise<WorkerClientTotals> {
+    if (this.#state === "new") {
       this.#state = "stopped";
       throw new Error("WorkerClient.stop: the client was never started");
     }
-    if (this.#state === "running") {
-      this.#state = "stopping";
-      if (this.#pending.length > 0) this.#send();
-      this.#release();
-    }
-
-    const outcome = await this.#outcome;
-    if (outcome.error !== undefined) throw outcome.error;
-    return outcome.response;
-  }
-
-  #send(): void {
-    const deltas = this.#pending.splice(0);
-    const message = create(HeartbeatRequestSchema, {
-      hostUuid: this.#hostUuid,
-      agentVersion: this.#agentVersion,
-      deltas,
-    });
-    if (!this.#queue.push(message)) {
-      this.#log?.debug({ deltas: deltas.length }, "heartbeat message dropped");
-      return;
-    }
-    this.#log?.debug({ deltas: deltas.length }, "heartbeat message queued");
-  }
-
-  #settled(outcome: Outcome): void {
-    const whileRunning = this.#state === "running";
-    let error = outcome.error;
-    if (whileRunning && error === undefined) {
-      // A server that answers before the worker closes the stream no longer
-      // reads it: whatever the worker reports next would go nowhere.
-      error = new ConnectError(
-        "the server ended the Heartbeat stream before the worker closed it",
-        Code.Internal,
-      );
-      this.#outcome = Promise.resolve({ error });
-    }
-    this.#state = error === undefined ? "stopped" : "failed";
-    this.#error = error;
-    this.#release();
-    this.#ownSession?.abort();
-
-    if (error !== undefined) {
-      const code = Code[error.code];
-      this.#log?.debug({ code, err: error }, "heartbeat failed");
-      if (whileRunning) this.#onError?.(error);
-      return;
-    }
-    const { messages, applied, outcomes } = outcome.response ?? {};
-    this.#log?.debug(
-      { messages, applied, outcomes: outcomes?.length },
-      "heartbeat stopped",
+    this.#state = "stopping";
+    const outbox = this.#outbox!;
+    const deadline = setTimeout(
+      () => this.#abort.abort(new Error("WorkerClient.stop timed out")),
+      timeoutMs,
     );
+    this.#flush(false);
+    this.#stream?.close();
+    // Between streams with nothing to send: skip the reconnection delay.
+    if (this.#stream === undefined && outbox.size === 0) this.#abort.abort();
+
+    try {
+      await this.#loop;
+    } finally {
+      clearTimeout(deadline);
+      this.#state = "stopped";
+      outbox.close();
+      this.#ownSession?.abort();
+    }
+    const totals = { ...this.#totals, unacknowledged: outbox.size };
+    this.#log?.debug(totals, "worker client stopped");
+    return totals;
   }
 
-  /** Stops the interval and ends the request stream; safe to call twice. */
-  #release(): void {
-    clearInterval(this.#timer);
-    this.#timer = undefined;
-    this.#pending = [];
-    this.#queue.close();
+  /**
+   * Opens stream after stream while the client runs, and while stopping
+   * until the outbox is empty. Each failure waits longer before the next
+   * attempt; a stream that closes with OK resets the delay.
+   */
+  async #run(): Promise<void> {
+    const signal = this.#abort.signal;
+    try {
+      while (this.#state === "running" || this.#outbox!.size > 0) {
+        await pRetry(() => this.#openStream(), {
+          retries: Number.POSITIVE_INFINITY,
+          factor: 2,
+          minTimeout: this.#limits.reconnectMinMs,
+          maxTimeout: this.#limits.reconnectMaxMs,
+          randomize: true,
+          signal,
+          onFailedAttempt: ({ error }) => {
+            if (!signal.aborted) this.#failed(ConnectError.from(error));
+          },
+        });
+      }
+    } catch (error) {
+      if (!signal.aborted) throw error;
+    }
+  }
+
+  /** One stream, from opening to the acknowledgement of what it carried. */
+  async #openStream(): Promise<void> {
+    if (this.#state !== "running" && this.#outbox!.size === 0) return;
+    const { intervalMs, streamMs, responseTimeoutMs } = this.#limits;
+    const stream = new HeartbeatStream(
+      this.#client,
+      { hostUuid: this.#hostUuid, agentVersion: this.#agentVersion },
+      { signal: this.#abort.signal, timeoutMs: streamMs + responseTimeoutMs },
+    );
+    this.#stream = stream;
+    const interval = setInterval(() => this.#flush(true), intervalMs);
+    const rotation = setTimeout(() => stream.close(), streamMs);
+    try {
+      this.#flush(true);
+      if (this.#state !== "running") stream.close();
+      const response = await stream.response;
+      this.#acknowledge(stream, response);
+    } catch (error) {
+      // The next attempt starts on a new connection, not a dead one.
+      this.#ownSession?.abort();
+      // Whatever failed, even writing the outbox, is retried like a call.
+      throw ConnectError.from(error);
+    } finally {
+      clearInterval(interval);
+      clearTimeout(rotation);
+      stream.close();
+      this.#stream = undefined;
+    }
+  }
+
+  /**
+   * Sends what the open stream has not carried yet, up to its share of
+   * deltas; with `heartbeat`, a message even if there is nothing new.
+   * Closes the stream once it has carried its share of messages or deltas.
+   */
+  #flush(heartbeat: boolean): void {
+    const stream = this.#stream;
+    if (stream === undefined || stream.closed) return;
+    const { streamMessages, streamDeltas } = this.#limits;
+    const room = streamDeltas - stream.deltaCount;
+    stream.send(this.#outbox!.entries(), heartbeat, room);
+    if (
+      stream.messageCount >= streamMessages ||
+      stream.deltaCount >= streamDeltas
+    ) {
+      stream.close();
+    }
+  }
+
+  #acknowledge(stream: HeartbeatStream, response: HeartbeatResponse): void {
+    const { entries, refused } = stream.acknowledged(response);
+    this.#outbox!.remove(entries.map((entry) => entry.seq));
+    this.#totals.streams += 1;
+    this.#totals.messages += response.messages;
+    this.#totals.applied += response.applied;
+    this.#totals.notApplied += response.outcomes.length;
+    this.#log?.debug(
+      {
+        messages: response.messages,
+        applied: response.applied,
+        notApplied: response.outcomes.length,
+        unacknowledged: this.#outbox!.size,
+      },
+      "heartbeat stream acknowledged",
+    );
+    for (const { outcome, delta } of refused) {
+      this.#callback("onOutcome", () => this.#onOutcome?.(outcome, delta));
+    }
+  }
+
+  #failed(error: ConnectError): void {
+    this.#log?.debug(
+      { code: Code[error.code], err: error },
+      "heartbeat stream failed; reconnecting",
+    );
+    this.#callback("onError", () => this.#onError?.(error));
+  }
+
+  /** Runs a caller's callback; what it throws is logged, not ours to fail. */
+  #callback(name: string, call: () => void): void {
+    try {
+      call();
+    } catch (error) {
+      this.#log?.warn({ err: error }, `WorkerClient ${name} threw`);
+    }
   }
 }
