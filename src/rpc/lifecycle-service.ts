@@ -14,8 +14,10 @@ import {
   claimAcceptKey,
   storeAcceptResponse,
 } from "../storage/accept-requests.js";
+import { refuseDecommissionedHosts } from "../storage/host-enrolment.js";
 import { listRows } from "../storage/lifecycle-reads.js";
 import { createRows, findRow, moveRow } from "../storage/lifecycle-writes.js";
+import { bindCallSignal } from "../storage/query-cancellation.js";
 import { inWriteTransaction } from "../storage/write-transaction.js";
 import { statusLabel, toLifecycleMessage } from "./convert.js";
 import { applyHeartbeats } from "./heartbeat.js";
@@ -37,7 +39,7 @@ import { watchRows } from "./watch.js";
 function entityManager(context: HandlerContext) {
   const em = context.values.get(entityManagerKey);
   if (!em) throw new Error("the call has no entity manager");
-  return em;
+  return bindCallSignal(em, context.signal);
 }
 
 function callerOf(context: HandlerContext): Caller {
@@ -70,6 +72,7 @@ export function lifecycleRoutes(services: Services) {
               );
               if (first) return fromBinary(AcceptResponseSchema, first);
             }
+            await refuseDecommissionedHosts(tx.em, command.targets);
             const rows = await createRows(
               tx,
               command.operation,

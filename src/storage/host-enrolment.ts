@@ -222,3 +222,42 @@ export async function decommissionHost(
   );
   return { host: toWorkerHost(row), revokedTokenIds, failedRows };
 }
+
+/**
+ * Refuses work for a decommissioned host: FAILED_PRECONDITION naming the
+ * first target whose host is retired. Holds a share lock on each target's
+ * host until the transaction ends, so no host is decommissioned between
+ * this check and the rows being created; like a heartbeat and a
+ * decommission, it locks hosts before the revision counter.
+ */
+export async function refuseDecommissionedHosts(
+  em: EntityManager,
+  targets: readonly { readonly hostUuid: string | null }[],
+): Promise<void> {
+  const hostUuids = [
+    ...new Set(targets.flatMap((target) => target.hostUuid ?? [])),
+  ];
+  if (hostUuids.length === 0) return;
+  const rows = await query(
+    em,
+    `select host_uuid, state from worker_host
+     where host_uuid = any(?::uuid[])
+     order by host_uuid
+     for share`,
+    [hostUuids],
+  );
+  const retired = new Set(
+    rows
+      .filter((row) => row.state === "decommissioned")
+      .map((row) => row.host_uuid as string),
+  );
+  const index = targets.findIndex(
+    (target) => target.hostUuid !== null && retired.has(target.hostUuid),
+  );
+  if (index >= 0) {
+    throw new LifecycleError(
+      "failed_precondition",
+      `targets[${index}].host_uuid ${targets[index]!.hostUuid} was decommissioned; it takes no more work`,
+    );
+  }
+}

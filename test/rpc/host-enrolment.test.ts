@@ -570,3 +570,27 @@ test("DecommissionHost refuses an unknown host and changes nothing on a second c
   expect(second).toEqual({ ...first, failedRows: 0 });
   expect(await databaseState(server.server)).toEqual(before);
 });
+
+test("Accept refuses work for a decommissioned host and writes nothing", async () => {
+  const { hostUuid } = await enrolWorker("retired");
+  const { hostUuid: alive } = await enrolWorker("alive");
+  await admin.hosts.decommissionHost({ hostUuid });
+  const before = await databaseState(server.server);
+
+  const error = await failureOf(
+    admin.lifecycle.accept({
+      operation: Operation.DEPLOY,
+      targets: [
+        { deckyName: deckyName("enrol"), hostUuid: alive },
+        { deckyName: deckyName("enrol") },
+        { deckyName: deckyName("enrol"), hostUuid },
+      ],
+    }),
+  );
+
+  expect(codeAndMessage(error)).toEqual([
+    "FailedPrecondition",
+    `targets[2].host_uuid ${hostUuid} was decommissioned; it takes no more work`,
+  ]);
+  expect(await databaseState(server.server)).toEqual(before);
+});
