@@ -23,11 +23,17 @@ import {
   Client as GrpcClient,
   credentials as grpcCredentials,
   status as grpcStatus,
+  Metadata,
   type ServiceError,
 } from "@grpc/grpc-js";
 import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { HostService } from "../../gen/decky/lifecycle/v1/host_pb.js";
 import {
+  type HeartbeatRequest,
+  HeartbeatRequestSchema,
+  type HeartbeatResponse,
+  HeartbeatResponseSchema,
   LifecycleService,
   type ListRequest,
   ListRequestSchema,
@@ -36,6 +42,7 @@ import {
   Operation,
   Status,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
+import { TokenService } from "../../gen/decky/lifecycle/v1/token_pb.js";
 import { loadSettings, SettingsError } from "../../src/config/settings.js";
 import {
   bundlePageScript,
@@ -43,6 +50,11 @@ import {
   type PageServer,
   servePage,
 } from "../support/browser.js";
+import {
+  authorizationHeader,
+  type CallerClients,
+  storeToken,
+} from "../support/callers.js";
 import {
   type CertificateAuthority,
   type CertificateWorkshop,
@@ -61,6 +73,7 @@ import {
 // Spawning tsx and opening the embedded database take seconds each.
 const PROCESS_TIMEOUT_MS = 120_000;
 const LIST_PATH = `/${LifecycleService.typeName}/${LifecycleService.method.list.name}`;
+const HEARTBEAT_PATH = `/${LifecycleService.typeName}/${LifecycleService.method.heartbeat.name}`;
 
 let workshop: CertificateWorkshop;
 let ca: CertificateAuthority;
@@ -134,6 +147,42 @@ function grpcJsList(
       create(ListRequestSchema, request),
       (error, value) => (error ? reject(error) : resolve(value!)),
     );
+  }).finally(() => grpc.close());
+}
+
+/**
+ * One Heartbeat message on raw @grpc/grpc-js over mutual TLS, with a bearer
+ * token, as a worker agent sends it.
+ */
+function grpcJsHeartbeat(
+  port: number,
+  client: KeyPair,
+  token: string,
+  request: MessageInitShape<typeof HeartbeatRequestSchema>,
+): Promise<HeartbeatResponse> {
+  const grpc = new GrpcClient(
+    `127.0.0.1:${port}`,
+    grpcCredentials.createSsl(
+      Buffer.from(ca.cert),
+      Buffer.from(client.key),
+      Buffer.from(client.cert),
+    ),
+  );
+  const metadata = new Metadata();
+  metadata.set("authorization", `Bearer ${token}`);
+  return new Promise<HeartbeatResponse>((resolve, reject) => {
+    const call = grpc.makeClientStreamRequest<
+      HeartbeatRequest,
+      HeartbeatResponse
+    >(
+      HEARTBEAT_PATH,
+      (message) => Buffer.from(toBinary(HeartbeatRequestSchema, message)),
+      (bytes) => fromBinary(HeartbeatResponseSchema, bytes),
+      metadata,
+      (error, value) => (error ? reject(error) : resolve(value!)),
+    );
+    call.write(create(HeartbeatRequestSchema, request));
+    call.end();
   }).finally(() => grpc.close());
 }
 
@@ -457,6 +506,119 @@ describe("over mutual TLS", () => {
   );
 });
 
+describe("over mutual TLS with tokens: a worker's certificate pinned to its host", () => {
+  let server: TestServer;
+  let admin: CallerClients;
+
+  beforeAll(async () => {
+    server = await startTestServer(database, {
+      TLS_CERT_FILE: serverPair.certFile,
+      TLS_KEY_FILE: serverPair.keyFile,
+      TLS_CLIENT_CA_FILE: ca.certFile,
+      AUTH: "tokens",
+    });
+    // Under mutual TLS every caller presents a certificate; only a worker's
+    // is checked against its host.
+    const adminPair = await ca.issueClient("operator-console");
+    const transport = createGrpcTransport({
+      baseUrl: server.url,
+      nodeOptions: { ca: ca.cert, cert: adminPair.cert, key: adminPair.key },
+      interceptors: [
+        authorizationHeader(
+          `Bearer ${await storeToken(server.server, "admin")}`,
+        ),
+      ],
+    });
+    admin = {
+      lifecycle: createClient(LifecycleService, transport),
+      hosts: createClient(HostService, transport),
+      tokens: createClient(TokenService, transport),
+    };
+  });
+
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  /**
+   * Enrols a host with a new client certificate's fingerprint, as openssl
+   * prints it, and accepts a deploy on it.
+   */
+  async function enrolWorker(name: string) {
+    const pinned = await ca.issueClient(name);
+    const { host, token } = await admin.hosts.enrollHost({
+      name,
+      certificateFingerprint: pinned.fingerprint,
+    });
+    const { rows } = await admin.lifecycle.accept({
+      operation: Operation.DEPLOY,
+      targets: [{ deckyName: deckyName(name), hostUuid: host!.hostUuid }],
+    });
+    return { hostUuid: host!.hostUuid, token, pinned, row: rows[0]! };
+  }
+
+  test("grpc-js with the pinned certificate and the host's token moves the host's row", async () => {
+    const worker = await enrolWorker("pinned-1");
+
+    const response = await grpcJsHeartbeat(
+      server.server.port,
+      worker.pinned,
+      worker.token,
+      {
+        hostUuid: worker.hostUuid,
+        agentVersion: "1.4.2",
+        deltas: [
+          {
+            deckyName: worker.row.deckyName,
+            operation: Operation.DEPLOY,
+            status: Status.RUNNING,
+          },
+        ],
+      },
+    );
+    const { rows } = await admin.lifecycle.list({ ids: [worker.row.id] });
+
+    expect([response.messages, response.applied, response.outcomes]).toEqual([
+      1,
+      1,
+      [],
+    ]);
+    expect(rows.map((row) => Status[row.status])).toEqual(["RUNNING"]);
+  });
+
+  test("grpc-js with a certificate of the same CA that is not pinned to the host is refused with PERMISSION_DENIED, and nothing changes", async () => {
+    const worker = await enrolWorker("pinned-2");
+    const unpinned = await ca.issueClient("pinned-2");
+
+    const error = await grpcJsHeartbeat(
+      server.server.port,
+      unpinned,
+      worker.token,
+      {
+        hostUuid: worker.hostUuid,
+        agentVersion: "1.4.2",
+        deltas: [
+          {
+            deckyName: worker.row.deckyName,
+            operation: Operation.DEPLOY,
+            status: Status.RUNNING,
+          },
+        ],
+      },
+    ).then(
+      () => undefined,
+      (thrown: ServiceError) => thrown,
+    );
+    const { rows } = await admin.lifecycle.list({ ids: [worker.row.id] });
+
+    expect([error?.code, error?.details]).toEqual([
+      grpcStatus.PERMISSION_DENIED,
+      `the client certificate is not the one pinned to host ${worker.hostUuid}`,
+    ]);
+    expect(rows).toEqual([worker.row]);
+  });
+});
+
 describe("the server process", () => {
   const dataDirs: string[] = [];
 
@@ -469,6 +631,27 @@ describe("the server process", () => {
     dataDirs.push(dir);
     return dir;
   }
+
+  test(
+    "refuses to listen on 0.0.0.0 with AUTH=none and no TLS, saying how to fix it",
+    async () => {
+      const server = spawnServer({
+        DATA_DIR: await newDataDir(),
+        HOST: "0.0.0.0",
+        PORT: "0",
+        AUTH: "none",
+      });
+      const exit = await server.exited;
+
+      expect(exit).toEqual({ code: 1, signal: null });
+      expect(
+        server.log.filter((line) => line.level >= 50).map((line) => line.msg),
+      ).toEqual([
+        'could not start: refusing to listen on 0.0.0.0 with AUTH=none and no TLS: anyone who can reach it could call every method. Set AUTH=tokens (create the first admin token with "npm run cli -- token create --role admin --name <name>"), or serve TLS with TLS_CERT_FILE and TLS_KEY_FILE, or listen on a loopback address such as HOST=127.0.0.1',
+      ]);
+    },
+    PROCESS_TIMEOUT_MS,
+  );
 
   test(
     "listens on 0.0.0.0 with AUTH=none when it serves TLS, and answers over TLS",
