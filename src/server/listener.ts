@@ -42,6 +42,9 @@ export interface DualProtocolListener {
  * With `tlsSettings`, the listener speaks TLS instead and each connection is
  * routed by the protocol ALPN settled on.
  */
+/** How long an HTTP/2 client gets to answer the PING sent at shutdown. */
+const PING_WAIT_MS = 500;
+
 export function createDualProtocolListener(
   handler: RequestHandler,
   tlsSettings?: TlsSettings,
@@ -159,10 +162,17 @@ export function createDualProtocolListener(
   const closeGracefully = (session: http2.Http2Session) => {
     if (session.closed || session.destroyed) return;
     session.goaway(http2.constants.NGHTTP2_NO_ERROR, 2 ** 31 - 1);
+    let drained = false;
     const drain = () => {
+      if (drained) return;
+      drained = true;
+      clearTimeout(unanswered);
       draining.add(session);
       if (sessions.get(session)?.size === 0) session.close();
     };
+    // Some clients never answer the PING of an idle session (connect-node
+    // among them); waiting for them would hold every stop to its deadline.
+    const unanswered = setTimeout(drain, PING_WAIT_MS);
     if (!session.ping(() => setImmediate(drain))) drain();
   };
 
