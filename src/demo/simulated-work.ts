@@ -31,7 +31,11 @@ export async function runOnWorker(
 ): Promise<void> {
   await Promise.all(
     jobs.map(async (job) => {
-      const target = { deckyName: job.deckyName, operation: Operation.DEPLOY };
+      const target = {
+        deckyName: job.deckyName,
+        operation: Operation.DEPLOY,
+        lifecycleId: job.lifecycleId,
+      };
       await pause(300, 1500, signal);
       worker.running(target);
       await pause(800, 2500, signal);
