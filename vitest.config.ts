@@ -3,6 +3,8 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
+    // The slow tests run on their own: `npm run test:slow`.
+    exclude: ["test/slow/**", "node_modules/**"],
     // Each test file gets its own process: it starts its own server and
     // database, and a crash in one file cannot take the others down.
     pool: "forks",
