@@ -43,7 +43,7 @@ export async function recordHeartbeat(
   if (recorded.length === 0) {
     throw new LifecycleError(
       "permission_denied",
-      `host ${hostUuid} is decommissioned`,
+      `host ${hostUuid} was decommissioned; its calls are refused`,
     );
   }
 }

@@ -540,7 +540,7 @@ test("DecommissionHost during an open heartbeat stream ends the stream, refuses 
   asAdmin.send({ hostUuid, agentVersion: "agent/1.0", deltas: [] });
   expect(codeAndMessage(await asAdmin.failure())).toEqual([
     "PermissionDenied",
-    `host ${hostUuid} is decommissioned`,
+    `host ${hostUuid} was decommissioned; its calls are refused`,
   ]);
   expect(await databaseState(server.server)).toEqual(before);
 

@@ -302,7 +302,7 @@ test("a heartbeat from a decommissioned host fails with PERMISSION_DENIED and ap
 
   expect([error.code, error.rawMessage]).toEqual([
     Code.PermissionDenied,
-    `host ${hostUuid} is decommissioned`,
+    `host ${hostUuid} was decommissioned; its calls are refused`,
   ]);
   expect(await stored(row.id)).toEqual(row);
   expect(await hostOf(hostUuid)).toEqual(retired);
