@@ -35,7 +35,11 @@ export type DeltaTarget = Omit<
 /** How to reach the server: a transport of your own, or a base URL. */
 export type WorkerClientConnection =
   | { transport: Transport }
-  | { baseUrl: string };
+  | {
+      baseUrl: string;
+      /** The host's worker token, sent as `Authorization: Bearer`. */
+      token?: string;
+    };
 
 /** Options of `new WorkerClient(...)`. */
 export type WorkerClientOptions = WorkerClientConnection & {
@@ -195,9 +199,19 @@ export class WorkerClient {
       // connection and stop() can close it; a transport passed in belongs
       // to the caller and stays open.
       this.#ownSession = new Http2SessionManager(options.baseUrl);
+      const { token } = options;
       transport = createGrpcTransport({
         baseUrl: options.baseUrl,
         sessionManager: this.#ownSession,
+        interceptors:
+          token === undefined
+            ? []
+            : [
+                (next) => (request) => {
+                  request.header.set("authorization", `Bearer ${token}`);
+                  return next(request);
+                },
+              ],
       });
     }
 
