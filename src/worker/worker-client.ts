@@ -38,7 +38,7 @@ export type WorkerClientConnection =
   | {
       baseUrl: string;
       /** The host's worker token, sent as `Authorization: Bearer`. */
-      token?: string;
+      token?: string | undefined;
     };
 
 /** Options of `new WorkerClient(...)`. */
