@@ -7,6 +7,7 @@ import {
 } from "../../gen/decky/lifecycle/v1/host_pb.js";
 import type { HostState } from "../domain/host.js";
 import { listHosts } from "../storage/host-reads.js";
+import { bindCallSignal } from "../storage/query-cancellation.js";
 import { hostStateOf, toHostMessage } from "./host-convert.js";
 import { hostEnrolmentHandlers } from "./host-enrolment.js";
 import { invalidArgument } from "./invalid.js";
@@ -49,7 +50,7 @@ function validateListHosts(request: ListHostsRequest): ListHostsQuery {
 function entityManager(context: HandlerContext) {
   const em = context.values.get(entityManagerKey);
   if (!em) throw new Error("the call has no entity manager");
-  return em;
+  return bindCallSignal(em, context.signal);
 }
 
 /**

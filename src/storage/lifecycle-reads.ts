@@ -2,6 +2,7 @@ import { IsolationLevel } from "@mikro-orm/core";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import type { LifecycleChange, LifecycleRow } from "../domain/lifecycle.js";
 import type { RowFilter } from "../domain/row-filter.js";
+import { callSignalOf, sameCall } from "./query-cancellation.js";
 import {
   query,
   type SqlValue,
@@ -62,14 +63,16 @@ export interface Snapshot {
 /**
  * Reads the rows matching `filter` and the revision they are at, in one
  * repeatable-read transaction, so the rows are exactly the state at that
- * revision.
+ * revision. The transaction serves the same call as `em`.
  */
 export async function readSnapshot(
   em: EntityManager,
   filter: RowFilter,
 ): Promise<Snapshot> {
+  callSignalOf(em)?.throwIfAborted();
   return em.transactional(
-    async (txEm) => {
+    async (fork) => {
+      const txEm = sameCall(fork, em);
       const [counter] = await query(
         txEm,
         "select value from lifecycle_revision where id = 1",

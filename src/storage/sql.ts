@@ -5,6 +5,7 @@ import type {
   Operation,
   Status,
 } from "../domain/lifecycle.js";
+import { callSignalOf, runCancellable } from "./query-cancellation.js";
 
 /** A value bound to a statement placeholder. */
 export type SqlValue = Knex.Value;
@@ -14,17 +15,24 @@ export type SqlRow = Record<string, unknown>;
 
 /**
  * Runs one parameterised statement (`?` placeholders) on the entity
- * manager's connection, inside its transaction when it has one.
+ * manager's connection, inside its transaction when it has one. When the
+ * entity manager serves a call, the statement does not start once the call
+ * has ended, and is cancelled when the call ends while it runs: see
+ * `runCancellable`.
  */
 export async function query(
   em: EntityManager,
   text: string,
   bindings: readonly SqlValue[] = [],
 ): Promise<SqlRow[]> {
-  const statement = em.getKnex().raw(text, bindings);
-  const transaction = em.getTransactionContext();
-  if (transaction) statement.transacting(transaction);
-  const result = (await statement) as { rows: SqlRow[] };
+  const transaction = em.getTransactionContext<Knex.Transaction>();
+  const knex = transaction ?? em.getKnex();
+  const signal = callSignalOf(em);
+  const result = (await (signal
+    ? runCancellable(knex.client, signal, (connection) =>
+        knex.raw(text, bindings).connection(connection),
+      )
+    : knex.raw(text, bindings))) as { rows: SqlRow[] };
   return result.rows;
 }
 

@@ -1,5 +1,6 @@
 import type { EntityManager } from "@mikro-orm/postgresql";
 import type { LifecycleChange } from "../domain/lifecycle.js";
+import { callSignalOf, sameCall } from "./query-cancellation.js";
 import { query, ROW_COLUMNS, type SqlValue, toLifecycleChange } from "./sql.js";
 
 /**
@@ -70,15 +71,18 @@ export class WriteTransaction {
 
 /**
  * Runs `work` in one transaction on a fork of `em` and returns its result
- * with the changes it committed, in revision order.
+ * with the changes it committed, in revision order. The fork serves the
+ * same call as `em`: a call that ends before the transaction's last
+ * statement has ended writes nothing.
  */
 export async function inWriteTransaction<T>(
   em: EntityManager,
   work: (tx: WriteTransaction) => Promise<T>,
 ): Promise<{ result: T; changes: LifecycleChange[] }> {
   let changes: LifecycleChange[] = [];
-  const result = await em.transactional(async (txEm) => {
-    const tx = new WriteTransaction(txEm);
+  callSignalOf(em)?.throwIfAborted();
+  const result = await em.transactional(async (fork) => {
+    const tx = new WriteTransaction(sameCall(fork, em));
     const value = await work(tx);
     await tx.finish();
     changes = tx.changes;
