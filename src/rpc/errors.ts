@@ -52,6 +52,17 @@ export function toConnectError(error: unknown): ConnectError {
   if (error instanceof LifecycleError) {
     return new ConnectError(error.message, codeOfKind[error.kind]);
   }
+  // A caller that went away aborts the call's signal; what its handler was
+  // doing then ends with the signal's reason.
+  if (error instanceof Error && error.name === "AbortError") {
+    return new ConnectError(
+      "the call was cancelled",
+      Code.Canceled,
+      undefined,
+      undefined,
+      error,
+    );
+  }
   if (isDatabaseUnavailable(error)) {
     return new ConnectError(
       "the database is unavailable; retry later",

@@ -1,11 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import {
-  Code,
-  ConnectError,
-  type HandlerContext,
-  type ServiceImpl,
-} from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import {
   DecommissionHostResponseSchema,
   EnrollHostResponseSchema,
@@ -22,16 +17,10 @@ import {
 import { inWriteTransaction } from "../storage/write-transaction.js";
 import { toHostMessage } from "./host-convert.js";
 import { checkText, invalidArgument } from "./invalid.js";
-import { entityManagerKey, type Services } from "./services.js";
+import { callEntityManager, type Services } from "./services.js";
 import { checkUuid } from "./validate.js";
 
 const MAX_HOST_NAME_LENGTH = 128;
-
-function entityManager(context: HandlerContext) {
-  const em = context.values.get(entityManagerKey);
-  if (!em) throw new Error("the call has no entity manager");
-  return em;
-}
 
 /** A name people recognise something by: 1 to 128 characters. */
 export function checkName(field: string, value: string): string {
@@ -86,7 +75,7 @@ export function hostEnrolmentHandlers(
       };
       const issued = issueToken();
       const { host } = await enrolHost(
-        entityManager(context),
+        callEntityManager(context),
         enrolment,
         issued,
       );
@@ -100,7 +89,7 @@ export function hostEnrolmentHandlers(
       const hostUuid = checkUuid("host_uuid", request.hostUuid);
       const issued = issueToken();
       const { host, revokedTokenIds } = await rotateHostToken(
-        entityManager(context),
+        callEntityManager(context),
         hostUuid,
         issued,
       );
@@ -120,7 +109,7 @@ export function hostEnrolmentHandlers(
     async decommissionHost(request, context) {
       const hostUuid = checkUuid("host_uuid", request.hostUuid);
       const { result, changes } = await inWriteTransaction(
-        entityManager(context),
+        callEntityManager(context),
         (tx) => decommissionHost(tx, hostUuid),
       );
       feed.publish(changes);

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
+import type { ConnectRouter } from "@connectrpc/connect";
 import {
   HostService,
   type ListHostsRequest,
@@ -7,12 +7,11 @@ import {
 } from "../../gen/decky/lifecycle/v1/host_pb.js";
 import type { HostState } from "../domain/host.js";
 import { listHosts } from "../storage/host-reads.js";
-import { bindCallSignal } from "../storage/query-cancellation.js";
 import { hostStateOf, toHostMessage } from "./host-convert.js";
 import { hostEnrolmentHandlers } from "./host-enrolment.js";
 import { invalidArgument } from "./invalid.js";
 import type { HostPageTokens } from "./page-token.js";
-import { entityManagerKey, type Services } from "./services.js";
+import { callEntityManager, type Services } from "./services.js";
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./validate.js";
 
 /** What HostService's handlers need from the running server. */
@@ -47,12 +46,6 @@ function validateListHosts(request: ListHostsRequest): ListHostsQuery {
   };
 }
 
-function entityManager(context: HandlerContext) {
-  const em = context.values.get(entityManagerKey);
-  if (!em) throw new Error("the call has no entity manager");
-  return bindCallSignal(em, context.signal);
-}
-
 /**
  * Registers HostService's handlers. A method without a handler here answers
  * UNIMPLEMENTED.
@@ -69,7 +62,7 @@ export function hostRoutes(services: HostServices) {
             ? undefined
             : hostPageTokens.read(query.states, query.pageToken);
         const hosts = await listHosts(
-          entityManager(context),
+          callEntityManager(context),
           query.states,
           after,
           query.pageSize + 1,

@@ -17,14 +17,13 @@ import {
 import { refuseDecommissionedHosts } from "../storage/host-enrolment.js";
 import { listRows } from "../storage/lifecycle-reads.js";
 import { createRows, findRow, moveRow } from "../storage/lifecycle-writes.js";
-import { bindCallSignal } from "../storage/query-cancellation.js";
 import { inWriteTransaction } from "../storage/write-transaction.js";
 import { statusLabel, toLifecycleMessage } from "./convert.js";
 import { applyHeartbeats } from "./heartbeat.js";
 import {
   type Caller,
+  callEntityManager,
   callerKey,
-  entityManagerKey,
   type Services,
 } from "./services.js";
 import {
@@ -35,12 +34,6 @@ import {
   validateWatch,
 } from "./validate.js";
 import { watchRows } from "./watch.js";
-
-function entityManager(context: HandlerContext) {
-  const em = context.values.get(entityManagerKey);
-  if (!em) throw new Error("the call has no entity manager");
-  return bindCallSignal(em, context.signal);
-}
 
 function callerOf(context: HandlerContext): Caller {
   const caller = context.values.get(callerKey);
@@ -62,7 +55,7 @@ export function lifecycleRoutes(services: Services) {
       async accept(request, context) {
         const command = validateAccept(request);
         const { result, changes } = await inWriteTransaction(
-          entityManager(context),
+          callEntityManager(context),
           async (tx) => {
             if (command.requestId !== undefined) {
               const first = await claimAcceptKey(
@@ -101,7 +94,7 @@ export function lifecycleRoutes(services: Services) {
         const query = {
           ...validated,
           filter: await confineToCallerHost(
-            entityManager(context),
+            callEntityManager(context),
             callerOf(context),
             validated.filter,
           ),
@@ -111,7 +104,7 @@ export function lifecycleRoutes(services: Services) {
             ? undefined
             : pageTokens.read(query.filter, query.pageToken);
         const rows = await listRows(
-          entityManager(context),
+          callEntityManager(context),
           query.filter,
           cursor,
           query.pageSize + 1,
@@ -130,7 +123,7 @@ export function lifecycleRoutes(services: Services) {
       async *watch(request, context) {
         const query = validateWatch(request);
         const caller = callerOf(context);
-        const em = entityManager(context);
+        const em = callEntityManager(context);
         const filter = await confineToCallerHost(em, caller, query.filter);
         // Ended early, with the reason as the error, when the caller's token
         // is revoked or its host decommissioned.
@@ -154,7 +147,7 @@ export function lifecycleRoutes(services: Services) {
       heartbeat(requests, context) {
         return applyHeartbeats(
           requests,
-          entityManager(context),
+          callEntityManager(context),
           feed,
           services.shutdownSignal,
           { caller: callerOf(context), streams },
@@ -164,7 +157,7 @@ export function lifecycleRoutes(services: Services) {
       async report(request, context) {
         const command = validateReport(request);
         const { result, changes } = await inWriteTransaction(
-          entityManager(context),
+          callEntityManager(context),
           async (tx): Promise<LifecycleRow> => {
             const moved = await moveRow(tx, command.lifecycleId, {
               status: command.status,

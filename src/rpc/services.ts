@@ -1,8 +1,9 @@
-import { createContextKey } from "@connectrpc/connect";
+import { createContextKey, type HandlerContext } from "@connectrpc/connect";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import type { Logger } from "pino";
 import type { Role } from "../auth/roles.js";
 import type { ChangeFeed } from "../events/change-feed.js";
+import { bindCallSignal } from "../storage/query-cancellation.js";
 import type { PageTokens } from "./page-token.js";
 import type { OpenStreams } from "./stream-limits.js";
 
@@ -26,6 +27,16 @@ export const entityManagerKey = createContextKey<EntityManager | undefined>(
   undefined,
   { description: "the call's entity manager" },
 );
+
+/**
+ * The call's entity manager, bound to the call's signal: a statement still
+ * running when the caller goes away is cancelled.
+ */
+export function callEntityManager(context: HandlerContext): EntityManager {
+  const em = context.values.get(entityManagerKey);
+  if (!em) throw new Error("the call has no entity manager");
+  return bindCallSignal(em, context.signal);
+}
 
 /** Who is calling, as the auth interceptor established it. */
 export interface Caller {

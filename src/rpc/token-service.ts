@@ -1,11 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import {
-  Code,
-  ConnectError,
-  type ConnectRouter,
-  type HandlerContext,
-} from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import {
   type ApiToken as ApiTokenMessage,
   ApiTokenSchema,
@@ -26,7 +21,7 @@ import {
 } from "../storage/api-tokens.js";
 import { checkName } from "./host-enrolment.js";
 import { invalidArgument } from "./invalid.js";
-import { entityManagerKey, type Services } from "./services.js";
+import { callEntityManager, type Services } from "./services.js";
 import { checkUuid, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./validate.js";
 
 const roleValues: Record<Role, RoleEnum> = {
@@ -42,12 +37,6 @@ const creatableRoles = new Map<RoleEnum, Role>([
   [RoleEnum.OPERATOR, "operator"],
   [RoleEnum.VIEWER, "viewer"],
 ]);
-
-function entityManager(context: HandlerContext) {
-  const em = context.values.get(entityManagerKey);
-  if (!em) throw new Error("the call has no entity manager");
-  return em;
-}
 
 /** A stored token as the contract's message; never its secret. */
 export function toApiTokenMessage(token: ApiToken): ApiTokenMessage {
@@ -96,7 +85,7 @@ export function tokenRoutes(services: Services) {
         const name = checkName("name", request.name);
         const role = checkCreatableRole(request.role);
         const issued = issueToken();
-        const token = await insertToken(entityManager(context), {
+        const token = await insertToken(callEntityManager(context), {
           id: issued.id,
           name,
           role,
@@ -124,7 +113,7 @@ export function tokenRoutes(services: Services) {
             ? undefined
             : readPageToken(request.pageToken);
         const tokens = await listTokens(
-          entityManager(context),
+          callEntityManager(context),
           request.showRevoked,
           after,
           pageSize + 1,
@@ -142,7 +131,7 @@ export function tokenRoutes(services: Services) {
 
       async revokeToken(request, context) {
         const id = checkUuid("token_id", request.tokenId);
-        const token = await revokeToken(entityManager(context), id);
+        const token = await revokeToken(callEntityManager(context), id);
         if (!token) {
           throw new ConnectError(`token ${id} does not exist`, Code.NotFound);
         }
