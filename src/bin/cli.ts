@@ -12,7 +12,7 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
+import type { EntityManager } from "@mikro-orm/postgresql";
 import { Command, Option } from "commander";
 import { pino } from "pino";
 import {
@@ -35,11 +35,7 @@ import { loadSettings } from "../config/settings.js";
 import { checkName } from "../rpc/host-enrolment.js";
 import { checkCreatableRole, toApiTokenMessage } from "../rpc/token-service.js";
 import { insertToken, listTokens, revokeToken } from "../storage/api-tokens.js";
-import {
-  type EmbeddedDatabase,
-  openEmbeddedDatabase,
-} from "../storage/embedded-database.js";
-import { openOrm } from "../storage/orm.js";
+import { type Database, openDatabase } from "../storage/database.js";
 
 /** Where and how to reach a running server. */
 interface Connection {
@@ -161,28 +157,17 @@ async function onDatabase<T>(work: (em: EntityManager) => Promise<T>) {
     { level: "warn" },
     pino.destination({ dest: 2, sync: true }),
   );
-  let embedded: EmbeddedDatabase | undefined;
-  let orm: MikroORM | undefined;
+  let database: Database | undefined;
   try {
-    if (settings.databaseUrl === undefined) {
-      embedded = await openEmbeddedDatabase(settings.dataDir, logger);
-      orm = await openOrm({ connection: embedded.connection }, logger, {
-        poolSize: 1,
-      });
-    } else {
-      orm = await openOrm({ url: settings.databaseUrl }, logger, {
-        poolSize: 1,
-      });
-    }
-    return await work(orm.em.fork());
+    database = await openDatabase(settings, logger, 1);
+    return await work(database.orm.em.fork());
   } catch (error) {
     if (error instanceof ConnectError) throw error;
     throw new UsageError(
       `cannot use the database: ${error instanceof Error ? error.message : String(error)}. To go through a running server instead, pass --url and an admin --token`,
     );
   } finally {
-    await orm?.close(true);
-    await embedded?.close();
+    await database?.close();
   }
 }
 

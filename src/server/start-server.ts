@@ -17,15 +17,11 @@ import { checkRequestDecoding } from "../rpc/request-decoding.js";
 import { entityManagerKey, peerCertificateKey } from "../rpc/services.js";
 import { OpenStreams } from "../rpc/stream-limits.js";
 import { tokenRoutes } from "../rpc/token-service.js";
-import {
-  type EmbeddedDatabase,
-  openEmbeddedDatabase,
-} from "../storage/embedded-database.js";
+import { type Database, openDatabase } from "../storage/database.js";
 import {
   readChangesAfter,
   readRevisionBounds,
 } from "../storage/lifecycle-reads.js";
-import { openOrm } from "../storage/orm.js";
 import { loadServiceSecret } from "../storage/service-secrets.js";
 import { withCors } from "./cors.js";
 import { startHistoryPruner } from "./history-pruner.js";
@@ -75,23 +71,11 @@ export async function startServer(
     auth: settings.auth,
     tlsConfigured: settings.tls !== undefined,
   });
-  let embedded: EmbeddedDatabase | undefined;
-  let orm: MikroORM | undefined;
+  const database = await openDatabase(settings, logger, POSTGRES_POOL_SIZE);
   try {
-    if (settings.databaseUrl === undefined) {
-      embedded = await openEmbeddedDatabase(settings.dataDir, logger);
-      orm = await openOrm({ connection: embedded.connection }, logger, {
-        poolSize: 1,
-      });
-    } else {
-      orm = await openOrm({ url: settings.databaseUrl }, logger, {
-        poolSize: POSTGRES_POOL_SIZE,
-      });
-    }
-    return await serve(settings, logger, orm, embedded);
+    return await serve(settings, logger, database);
   } catch (error) {
-    await orm?.close(true);
-    await embedded?.close();
+    await database.close();
     throw error;
   }
 }
@@ -99,9 +83,9 @@ export async function startServer(
 async function serve(
   settings: Settings,
   logger: Logger,
-  orm: MikroORM,
-  embedded: EmbeddedDatabase | undefined,
+  database: Database,
 ): Promise<RunningServer> {
+  const { orm, embedded } = database;
   const em = orm.em.fork();
   const pageTokens = new PageTokens(await loadServiceSecret(em, "page-token"));
   const hostPageTokens = new HostPageTokens(
@@ -171,8 +155,17 @@ async function serve(
     withCors(handler, settings.corsAllowedOrigins),
     settings.tls,
   );
-  listener.tcp.listen(settings.port, settings.host);
-  await once(listener.tcp, "listening");
+  try {
+    listener.tcp.listen(settings.port, settings.host);
+    await once(listener.tcp, "listening");
+  } catch (error) {
+    // A port that is taken, say: nothing may keep running on the database
+    // that the caller closes next.
+    await sweeper.stop();
+    await pruner.stop();
+    await feed.close();
+    throw error;
+  }
   const { port } = listener.tcp.address() as AddressInfo;
   const host = settings.host.includes(":")
     ? `[${settings.host}]`
@@ -197,8 +190,7 @@ async function serve(
       await pruner.stop();
       await sweeper.stop();
       await feed.close();
-      await orm.close(true);
-      await embedded?.close();
+      await database.close();
       logger.info("decky-lifecycle stopped");
     })();
     return closing;
