@@ -12,6 +12,13 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, expect, test, vi } from "vitest";
 import {
+  DecommissionHostRequestSchema,
+  EnrollHostRequestSchema,
+  HostState,
+  ListHostsRequestSchema,
+  RotateHostTokenRequestSchema,
+} from "../../gen/decky/lifecycle/v1/host_pb.js";
+import {
   AcceptRequestSchema,
   HeartbeatRequestSchema,
   ListRequestSchema,
@@ -20,6 +27,12 @@ import {
   Status,
   WatchRequestSchema,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
+import {
+  CreateTokenRequestSchema,
+  ListTokensRequestSchema,
+  RevokeTokenRequestSchema,
+  Role,
+} from "../../gen/decky/lifecycle/v1/token_pb.js";
 import {
   closeRawSessions,
   envelope,
@@ -57,6 +70,7 @@ const PROPER_CODES: ReadonlySet<StatusCode> = new Set([
   Code.FailedPrecondition,
   Code.AlreadyExists,
   Code.OutOfRange,
+  Code.PermissionDenied,
 ]);
 
 /** What a stack trace or a source path looks like in an answer. */
@@ -84,7 +98,22 @@ function prng(seed: number) {
 }
 type Random = ReturnType<typeof prng>;
 
-type Method = "Accept" | "List" | "Watch" | "Heartbeat" | "Report";
+/** Every RPC, with the service it belongs to. */
+const SERVICE_OF = {
+  Accept: "LifecycleService",
+  List: "LifecycleService",
+  Watch: "LifecycleService",
+  Heartbeat: "LifecycleService",
+  Report: "LifecycleService",
+  ListHosts: "HostService",
+  EnrollHost: "HostService",
+  RotateHostToken: "HostService",
+  DecommissionHost: "HostService",
+  CreateToken: "TokenService",
+  ListTokens: "TokenService",
+  RevokeToken: "TokenService",
+} as const;
+type Method = keyof typeof SERVICE_OF;
 const STREAMING: ReadonlySet<Method> = new Set(["Watch", "Heartbeat"]);
 
 /** Valid messages of one RPC, to mutate, in binary and in JSON. */
@@ -157,6 +186,31 @@ beforeAll(async () => {
       { lifecycleId: randomUUID(), status: Status.RUNNING },
       { lifecycleId: id, status: Status.FAILED, error: "lost" },
     ]),
+    ListHosts: seedsOf(ListHostsRequestSchema, [
+      { states: [HostState.ALIVE, HostState.LOST], pageSize: 10 },
+      { pageToken: "not-a-token" },
+    ]),
+    EnrollHost: seedsOf(EnrollHostRequestSchema, [
+      { name: "fuzz-host" },
+      {
+        name: "fuzz-pinned",
+        hostUuid: randomUUID(),
+        certificateFingerprint: "ab".repeat(32),
+      },
+    ]),
+    RotateHostToken: seedsOf(RotateHostTokenRequestSchema, [
+      { hostUuid: randomUUID() },
+    ]),
+    DecommissionHost: seedsOf(DecommissionHostRequestSchema, [
+      { hostUuid: randomUUID() },
+    ]),
+    CreateToken: seedsOf(CreateTokenRequestSchema, [
+      { name: "fuzz-viewer", role: Role.VIEWER },
+    ]),
+    ListTokens: seedsOf(ListTokensRequestSchema, [
+      { showRevoked: true, pageSize: 5 },
+    ]),
+    RevokeToken: seedsOf(RevokeTokenRequestSchema, [{ tokenId: randomUUID() }]),
   };
 });
 
@@ -287,13 +341,7 @@ function protocolsOf(method: Method): Protocol[] {
     : ["grpc", "grpc-web", "connect-proto", "connect-json"];
 }
 
-const METHODS: readonly Method[] = [
-  "Accept",
-  "List",
-  "Watch",
-  "Heartbeat",
-  "Report",
-];
+const METHODS = Object.keys(SERVICE_OF) as Method[];
 const COMBINATIONS = METHODS.flatMap((method) =>
   protocolsOf(method).map((protocol) => ({ method, protocol })),
 );
@@ -360,7 +408,11 @@ test(
             input.protocol,
             input.method,
             input.body,
-            { headers: input.headers, timeoutMs: CALL_TIMEOUT_MS },
+            {
+              headers: input.headers,
+              service: SERVICE_OF[input.method],
+              timeoutMs: CALL_TIMEOUT_MS,
+            },
           );
           trials.push({ ...input, answer });
         } catch (error) {

@@ -69,11 +69,13 @@ export interface RawAnswer {
 
 export interface RawCallOptions {
   readonly headers?: Record<string, string>;
+  /** The service of `method`; LifecycleService unless told. */
+  readonly service?: string;
   /** Fails the call (rejects) when no answer arrives within this time. */
   readonly timeoutMs?: number;
 }
 
-/** Sends `body` as it is to `method` of LifecycleService and reads the answer. */
+/** Sends `body` as it is to `method` of a service and reads the answer. */
 export function rawCall(
   baseUrl: string,
   protocol: Protocol,
@@ -81,7 +83,7 @@ export function rawCall(
   body: Uint8Array,
   options: RawCallOptions = {},
 ): Promise<RawAnswer> {
-  const path = `/decky.lifecycle.v1.LifecycleService/${method}`;
+  const path = `/decky.lifecycle.v1.${options.service ?? "LifecycleService"}/${method}`;
   const headers = {
     "content-type": CONTENT_TYPES[protocol],
     ...options.headers,
