@@ -2,7 +2,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import type { TlsSettings } from "../config/settings.js";
-import { createTlsServer } from "./tls.js";
+import { createTlsServer, type HandshakeFailure } from "./tls.js";
 
 /** The bytes every HTTP/2 connection with prior knowledge opens with. */
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
@@ -48,6 +48,7 @@ const PING_WAIT_MS = 500;
 export function createDualProtocolListener(
   handler: RequestHandler,
   tlsSettings?: TlsSettings,
+  onHandshakeFailure: (failure: HandshakeFailure) => void = () => {},
 ): DualProtocolListener {
   const http1 = http.createServer(handler);
   const h2 = http2.createServer({}, handler);
@@ -144,7 +145,12 @@ export function createDualProtocolListener(
   };
   const secure =
     tlsSettings &&
-    createTlsServer(tlsSettings, FIRST_BYTES_TIMEOUT_MS, routeByAlpn);
+    createTlsServer(
+      tlsSettings,
+      FIRST_BYTES_TIMEOUT_MS,
+      routeByAlpn,
+      onHandshakeFailure,
+    );
   const tcp = secure?.server ?? net.createServer(routeByPreface);
 
   /**

@@ -154,6 +154,7 @@ async function serve(
   const listener = createDualProtocolListener(
     withCors(handler, settings.corsAllowedOrigins),
     settings.tls,
+    (failure) => logger.warn(failure, "TLS handshake failed"),
   );
   try {
     listener.tcp.listen(settings.port, settings.host);

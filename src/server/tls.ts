@@ -11,10 +11,26 @@ import type { TlsSettings } from "../config/settings.js";
  */
 const ALPN_PROTOCOLS = ["h2", "http/1.1"];
 
+/** A connection whose TLS handshake failed, and OpenSSL's reason. */
+export interface HandshakeFailure {
+  /** The client's address and port, while the connection still has them. */
+  readonly peer?: string;
+  /**
+   * "peer did not return a certificate", "UNABLE_TO_VERIFY_LEAF_SIGNATURE"
+   * or ERR_TLS_HANDSHAKE_TIMEOUT, say.
+   */
+  readonly reason: string;
+}
+
+type TlsError = Error & { reason?: string; code?: string };
+
 /** A TLS listener and the connections still in their handshake. */
 export interface TlsServer {
   readonly server: tls.Server;
-  /** Closes every connection whose handshake has not finished. */
+  /**
+   * Closes every connection whose handshake has not finished; from then on,
+   * failed handshakes are not reported.
+   */
   dropHandshakes(): void;
 }
 
@@ -28,6 +44,7 @@ export function createTlsServer(
   settings: TlsSettings,
   handshakeTimeoutMs: number,
   onConnection: (socket: tls.TLSSocket, http2: boolean) => void,
+  onHandshakeFailure: (failure: HandshakeFailure) => void,
 ): TlsServer {
   const mutual = settings.clientCa !== undefined;
   // The TCP connections whose TLS handshake is under way, by peer address.
@@ -54,9 +71,25 @@ export function createTlsServer(
   server.on("secureConnection", (socket: tls.TLSSocket) => {
     handshakes.delete(peerOf(socket));
   });
+  let dropping = false;
+  server.on("tlsClientError", (error: TlsError, socket: tls.TLSSocket) => {
+    if (dropping) return;
+    // A certificate that fails verification is checked by Node once the
+    // handshake is done, and the connection is destroyed at once: its
+    // address is gone, and the verification error is the reason.
+    onHandshakeFailure({
+      ...(socket.remoteAddress === undefined ? {} : { peer: peerOf(socket) }),
+      reason:
+        socket.authorizationError?.toString() ??
+        error.reason ??
+        error.code ??
+        error.message,
+    });
+  });
   return {
     server,
     dropHandshakes() {
+      dropping = true;
       for (const socket of handshakes.values()) socket.destroy();
     },
   };

@@ -61,7 +61,11 @@ import {
   type KeyPair,
   openCertificateWorkshop,
 } from "../support/certificates.js";
-import { spawnServer, stopProcess } from "../support/server-process.js";
+import {
+  type LogLine,
+  spawnServer,
+  stopProcess,
+} from "../support/server-process.js";
 import {
   createTestDatabase,
   deckyName,
@@ -683,6 +687,51 @@ describe("the server process", () => {
   );
 
   test(
+    "logs each failed TLS handshake with its reason, and the client's address while the connection has it, and goes on serving",
+    async () => {
+      const server = spawnServer({
+        DATA_DIR: await newDataDir(),
+        PORT: "0",
+        AUTH: "none",
+        TLS_CERT_FILE: serverPair.certFile,
+        TLS_KEY_FILE: serverPair.keyFile,
+        TLS_CLIENT_CA_FILE: ca.certFile,
+      });
+      try {
+        const url = new URL(await server.servingUrl());
+        const port = Number(url.port);
+        const withoutCertificate = await handshakeRefusal(port);
+        await handshakeRefusal(port, strangerPair);
+        await waitFor(() => failedHandshakes(server.log).length === 2);
+        const listed = await grpcJsList(
+          port,
+          { deckyName: deckyName("after-refusals") },
+          workerPair,
+        );
+
+        expect(failedHandshakes(server.log)).toEqual([
+          {
+            level: 40,
+            msg: "TLS handshake failed",
+            peer: `127.0.0.1 ${withoutCertificate}`,
+            reason: "peer did not return a certificate",
+          },
+          {
+            level: 40,
+            msg: "TLS handshake failed",
+            peer: undefined,
+            reason: "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+          },
+        ]);
+        expect(listed.rows).toEqual([]);
+      } finally {
+        await stopProcess(server.child);
+      }
+    },
+    PROCESS_TIMEOUT_MS,
+  );
+
+  test(
     "exits with status 2 and one plain line, no stack, when a TLS file cannot be read",
     async () => {
       const missing = join(await newDataDir(), "server.crt");
@@ -707,3 +756,36 @@ describe("the server process", () => {
     PROCESS_TIMEOUT_MS,
   );
 });
+
+/**
+ * Opens a TLS connection to `port` that the server refuses, with `client`'s
+ * certificate or none, and resolves with its local port once it has ended.
+ */
+async function handshakeRefusal(port: number, client?: KeyPair) {
+  const socket = tls.connect({
+    host: "127.0.0.1",
+    port,
+    ca: ca.cert,
+    servername: "localhost",
+    ALPNProtocols: ["h2"],
+    ...(client ? { cert: client.cert, key: client.key } : {}),
+  });
+  let localPort: number | undefined;
+  socket.once("connect", () => {
+    localPort = socket.localPort;
+  });
+  socket.on("error", () => {});
+  socket.resume();
+  await new Promise((resolve) => socket.once("close", resolve));
+  return localPort;
+}
+
+function failedHandshakes(log: readonly LogLine[]) {
+  return log
+    .filter((line) => line.msg === "TLS handshake failed")
+    .map(({ level, msg, peer, reason }) => ({ level, msg, peer, reason }));
+}
+
+async function waitFor(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 20));
+}
