@@ -28,6 +28,14 @@ const unavailableErrnos = new Set([
   "ENOENT",
 ]);
 
+/**
+ * Knex runs a transaction's work even when its BEGIN failed, having marked
+ * the transaction complete; the work's first statement then fails with
+ * this. The service never runs a statement on a transaction it has ended,
+ * so the message means the connection was lost as the transaction began.
+ */
+const BEGIN_FAILED = /Transaction query already complete/;
+
 function isDatabaseUnavailable(error: unknown): boolean {
   if (!(error instanceof Error)) return false;
   const { code, name, message } = error as Error & { code?: unknown };
@@ -35,6 +43,7 @@ function isDatabaseUnavailable(error: unknown): boolean {
     (typeof code === "string" &&
       (unavailableStates.test(code) || unavailableErrnos.has(code))) ||
     name === "KnexTimeoutError" ||
+    BEGIN_FAILED.test(message) ||
     /Connection terminated|connection is closed|Timeout acquiring a connection|is not queryable/i.test(
       message,
     )
