@@ -362,9 +362,9 @@ test("Lists and Watches aborted at any point end CANCELED or complete, calls run
   // A cancelled statement's connection goes back to the pool once the
   // statement has ended on the server, which can be after its client saw
   // CANCELED.
-  await vi.waitFor(
-    () => expect(poolUse()).toEqual({ used: 0, waiting: 0 }),
-    { timeout: 5_000, interval: 20 },
-  );
+  await vi.waitFor(() => expect(poolUse()).toEqual({ used: 0, waiting: 0 }), {
+    timeout: 5_000,
+    interval: 20,
+  });
   expect(warningsSince(from)).toEqual([]);
 });
