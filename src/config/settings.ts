@@ -65,6 +65,16 @@ const schema = z.object({
   HOST_LOST_GRACE_MS: durationMs(0).default(60_000),
   SWEEP_INTERVAL_MS: durationMs(10, MAX_TIMER_MS).default(5_000),
   SHUTDOWN_DEADLINE_MS: durationMs(100, MAX_TIMER_MS).default(10_000),
+  DATABASE_TIMEOUT_MS: durationMs(100, MAX_TIMER_MS).default(10_000),
+  // Connect allows up to 4 GiB; a larger limit only invites bigger bombs.
+  RECEIVE_MAX_BYTES: wholeNumber(" of bytes")
+    .pipe(
+      z
+        .number()
+        .min(1024, "must be at least 1024 bytes")
+        .max(256 * 1024 * 1024, `must be at most ${256 * 1024 * 1024} bytes`),
+    )
+    .default(4 * 1024 * 1024),
   LOG_LEVEL: z
     .enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` })
     .default("info"),
@@ -115,6 +125,13 @@ export interface Settings {
   readonly sweepIntervalMs: number;
   /** How long a stop may take before the process gives up and exits 1. */
   readonly shutdownDeadlineMs: number;
+  /**
+   * How long a call waits for a PostgreSQL connection, and for the answer
+   * to one statement, before it fails with UNAVAILABLE.
+   */
+  readonly databaseTimeoutMs: number;
+  /** The largest request message the server reads. */
+  readonly receiveMaxBytes: number;
   readonly logLevel: string;
   /**
    * How callers prove who they are: `tokens` needs a bearer token on every
@@ -185,6 +202,8 @@ export function loadSettings(
     hostLostGraceMs: value.HOST_LOST_GRACE_MS,
     sweepIntervalMs: value.SWEEP_INTERVAL_MS,
     shutdownDeadlineMs: value.SHUTDOWN_DEADLINE_MS,
+    databaseTimeoutMs: value.DATABASE_TIMEOUT_MS,
+    receiveMaxBytes: value.RECEIVE_MAX_BYTES,
     logLevel: value.LOG_LEVEL,
     auth: value.AUTH,
     watchStreamsPerCaller: value.WATCH_STREAMS_PER_CALLER,

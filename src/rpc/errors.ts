@@ -36,6 +36,14 @@ const unavailableErrnos = new Set([
  */
 const BEGIN_FAILED = /Transaction query already complete/;
 
+/**
+ * A statement PostgreSQL ended after DATABASE_TIMEOUT_MS (a call's own
+ * cancellation fails with the call's signal instead), or one the driver
+ * stopped waiting for because the database did not answer.
+ */
+const NO_ANSWER =
+  /canceling statement due to statement timeout|Query read timeout/;
+
 function isDatabaseUnavailable(error: unknown): boolean {
   if (!(error instanceof Error)) return false;
   const { code, name, message } = error as Error & { code?: unknown };
@@ -44,6 +52,7 @@ function isDatabaseUnavailable(error: unknown): boolean {
       (unavailableStates.test(code) || unavailableErrnos.has(code))) ||
     name === "KnexTimeoutError" ||
     BEGIN_FAILED.test(message) ||
+    NO_ANSWER.test(message) ||
     /Connection terminated|connection is closed|Timeout acquiring a connection|is not queryable/i.test(
       message,
     )

@@ -29,8 +29,6 @@ import { createDualProtocolListener } from "./listener.js";
 import { startSweeper } from "./sweeper.js";
 import { peerCertificateFingerprint } from "./tls.js";
 
-/** Largest request message the server reads. */
-export const READ_MAX_BYTES = 4 * 1024 * 1024;
 const POSTGRES_POOL_SIZE = 10;
 /**
  * The share of SHUTDOWN_DEADLINE_MS that calls in flight get to finish when
@@ -136,13 +134,13 @@ async function serve(
       lifecycleRoutes(services)(router);
       hostRoutes(services)(router);
       tokenRoutes(services)(router);
-    }, READ_MAX_BYTES),
+    }, settings.receiveMaxBytes),
     // Errors of the auth interceptor pass through the error interceptor too.
     interceptors: [
       errorInterceptor(logger, shutdown.signal),
       authInterceptor(settings.auth),
     ],
-    readMaxBytes: READ_MAX_BYTES,
+    readMaxBytes: settings.receiveMaxBytes,
     // A misspelt field or enum name must fail the call, not be dropped and
     // quietly widen a filter or lose a host.
     jsonOptions: { ignoreUnknownFields: false },

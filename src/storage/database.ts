@@ -21,7 +21,7 @@ export interface Database {
  * DATA_DIR, which serves one. Applies pending migrations.
  */
 export async function openDatabase(
-  settings: Pick<Settings, "databaseUrl" | "dataDir">,
+  settings: Pick<Settings, "databaseUrl" | "dataDir" | "databaseTimeoutMs">,
   logger: Logger,
   postgresPoolSize: number,
 ): Promise<Database> {
@@ -32,10 +32,12 @@ export async function openDatabase(
       embedded = await openEmbeddedDatabase(settings.dataDir, logger);
       orm = await openOrm({ connection: embedded.connection }, logger, {
         poolSize: 1,
+        timeoutMs: settings.databaseTimeoutMs,
       });
     } else {
       orm = await openOrm({ url: settings.databaseUrl }, logger, {
         poolSize: postgresPoolSize,
+        timeoutMs: settings.databaseTimeoutMs,
       });
     }
     return {

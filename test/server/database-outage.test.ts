@@ -12,6 +12,7 @@ import {
   WatchResponse_Kind,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import { AsyncQueue } from "../../src/worker/async-queue.js";
+import { TcpProxy } from "../support/tcp-proxy.js";
 import {
   createTestDatabase,
   deckyName,
@@ -304,5 +305,110 @@ describe.skipIf(!adminUrl)(
         })),
       );
     }, 120_000);
+  },
+);
+
+describe.skipIf(!adminUrl)(
+  "unreachable database (needs TEST_DATABASE_URL: the embedded database is in the process, with no network in between)",
+  () => {
+    /** DATABASE_TIMEOUT_MS of the server under test. */
+    const TIMEOUT_MS = 1000;
+    let database: TestDatabase;
+    let proxy: TcpProxy;
+    let server: TestServer;
+
+    beforeAll(async () => {
+      database = await createTestDatabase();
+      const direct = new URL(database.url!);
+      proxy = await TcpProxy.start(`http://${direct.host}`);
+      const throughProxy = new URL(database.url!);
+      throughProxy.port = new URL(proxy.url).port;
+      server = await startTestServer(database, {
+        DATABASE_URL: throughProxy.toString(),
+        DATABASE_TIMEOUT_MS: String(TIMEOUT_MS),
+      });
+    });
+
+    afterAll(async () => {
+      proxy?.thaw();
+      await server?.close();
+      await proxy?.close();
+      await database?.drop();
+    });
+
+    /** How a call ended: "ok", or its code and message. */
+    async function outcomeOf(call: Promise<unknown>): Promise<string> {
+      try {
+        await call;
+        return "ok";
+      } catch (error) {
+        const { code, rawMessage } = ConnectError.from(error);
+        return `${Code[code]}: ${rawMessage}`;
+      }
+    }
+
+    test("while the network to the database drops every packet, calls fail with UNAVAILABLE before their deadline, an open Watch ends with the revision to resume from, and once it is back the server serves again without a restart", async () => {
+      // Connections in the pool, and a watcher following every row.
+      const kept = await server.grpc.accept({
+        operation: Operation.DEPLOY,
+        targets: [{ deckyName: deckyName("kept") }],
+      });
+      await Promise.all(
+        Array.from({ length: 4 }, () =>
+          server.grpc.list({ ids: kept.lifecycleIds }),
+        ),
+      );
+      const watch = server.grpc.watch({}, { timeoutMs: 60_000 });
+      const messages = watch[Symbol.asyncIterator]();
+      let snapshotEnd: WatchResponse;
+      do {
+        snapshotEnd = (await messages.next()).value as WatchResponse;
+      } while (snapshotEnd.kind !== WatchResponse_Kind.SNAPSHOT_END);
+      const watchEnd = outcomeOf(
+        (async () => {
+          for (;;) if ((await messages.next()).done) return;
+        })(),
+      );
+      const options = { timeoutMs: 3 * TIMEOUT_MS + 2000 };
+
+      proxy.freeze();
+      const during = await Promise.all([
+        outcomeOf(
+          server.grpc.accept(
+            {
+              operation: Operation.DEPLOY,
+              targets: [{ deckyName: deckyName("refused") }],
+            },
+            options,
+          ),
+        ),
+        outcomeOf(server.connect.list({ ids: kept.lifecycleIds }, options)),
+        outcomeOf(
+          server.grpcWeb.report(
+            { lifecycleId: kept.lifecycleIds[0]!, status: Status.RUNNING },
+            options,
+          ),
+        ),
+        watchEnd,
+      ]);
+      proxy.thaw();
+      const listed = await server.grpc.list(
+        { ids: kept.lifecycleIds },
+        options,
+      );
+      const reported = await server.grpc.report(
+        { lifecycleId: kept.lifecycleIds[0]!, status: Status.RUNNING },
+        options,
+      );
+
+      expect(during).toEqual([
+        `Unavailable: ${UNAVAILABLE}`,
+        `Unavailable: ${UNAVAILABLE}`,
+        `Unavailable: ${UNAVAILABLE}`,
+        `Unavailable: the database is unavailable; resume from revision ${snapshotEnd.revision}`,
+      ]);
+      expect(listed.rows).toEqual(kept.rows);
+      expect(reported.row?.status).toBe(Status.RUNNING);
+    }, 60_000);
   },
 );

@@ -286,6 +286,7 @@ test(
     if (database.url !== undefined) {
       other = await openOrm({ url: database.url }, pino({ level: "silent" }), {
         poolSize: 2,
+        timeoutMs: 10_000,
       });
       const opened = other;
       cleanups.push(() => opened.close(true));

@@ -12,6 +12,7 @@ import {
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import { Outbox } from "../../src/worker/outbox.js";
 import type { WorkerClientTotals } from "../../src/worker/worker-client.js";
+import { TcpProxy } from "../support/tcp-proxy.js";
 import {
   createTestDatabase,
   deckyName,
@@ -20,7 +21,6 @@ import {
   type TestServer,
 } from "../support/test-server.js";
 import type { ChaosPlan } from "./chaos-worker.js";
-import { TcpProxy } from "./tcp-proxy.js";
 
 const ROWS = 1000;
 /** Rows a worker has in hand at once: RUNNING for each, then their ends. */

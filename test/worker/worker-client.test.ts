@@ -25,6 +25,7 @@ import {
   WorkerClient,
   type WorkerClientOptions,
 } from "../../src/worker/worker-client.js";
+import { TcpProxy } from "../support/tcp-proxy.js";
 import {
   createTestDatabase,
   deckyName,
@@ -32,7 +33,6 @@ import {
   type TestDatabase,
   type TestServer,
 } from "../support/test-server.js";
-import { TcpProxy } from "./tcp-proxy.js";
 
 /** An interval no test outlives, so that only reports send messages. */
 const NEVER_MS = 600_000;

@@ -19,8 +19,8 @@ interface Connection {
 
 /**
  * A TCP proxy on 127.0.0.1 in front of a server, so a test can cut the
- * connections through it at chosen or random points, or point it at a
- * server that was restarted on another port.
+ * connections through it at chosen or random points, freeze them, or point
+ * it at a server that was restarted on another port.
  */
 export class TcpProxy {
   readonly #server: Server;
@@ -28,6 +28,7 @@ export class TcpProxy {
   readonly #connections = new Set<Connection>();
   #targetPort: number;
   #cuts = 0;
+  #frozen = false;
 
   private constructor(
     server: Server,
@@ -68,6 +69,24 @@ export class TcpProxy {
     this.#targetPort = portOf(targetUrl);
   }
 
+  /**
+   * Drops every byte in both directions from now on, on open connections and
+   * new ones alike, as a network that silently loses packets does: nothing
+   * is closed, nothing answers.
+   */
+  freeze(): void {
+    this.#frozen = true;
+  }
+
+  /**
+   * Forwards again. The connections open while frozen lost bytes, so they
+   * are cut; new connections work.
+   */
+  thaw(): void {
+    this.#frozen = false;
+    this.cut();
+  }
+
   /** Destroys every open connection, both sides. */
   cut(): void {
     for (const connection of this.#connections) this.#cut(connection);
@@ -96,6 +115,7 @@ export class TcpProxy {
 
     let budget = this.#options.requestBytesBeforeCut?.() ?? Infinity;
     client.on("data", (chunk: Buffer) => {
+      if (this.#frozen) return;
       if (chunk.length <= budget) {
         budget -= chunk.length;
         upstream.write(chunk);
@@ -105,7 +125,9 @@ export class TcpProxy {
       upstream.end(chunk.subarray(0, budget));
       this.#cut(connection);
     });
-    upstream.on("data", (chunk: Buffer) => client.write(chunk));
+    upstream.on("data", (chunk: Buffer) => {
+      if (!this.#frozen) client.write(chunk);
+    });
   }
 
   #cut(connection: Connection): void {
