@@ -192,6 +192,13 @@ describe.skipIf(!hasPostgres)(
       );
       expect(memory.length).toBeGreaterThanOrEqual(3);
       expect(last).toBeLessThan(warm * 1.5);
+
+      // The server warned of nothing and failed nothing under the load.
+      expect(
+        server.log
+          .filter((line) => line.level >= 40)
+          .map(({ level, msg }) => ({ level, msg })),
+      ).toEqual([]);
     });
   },
 );
