@@ -658,6 +658,39 @@ test("WorkerClient passes every stream error to onError and keeps reconnecting",
   });
 });
 
+test("WorkerClient waits twice as long, give or take its jitter, after each failed attempt, up to reconnectMaxMs", async () => {
+  const url = await closedPortUrl();
+  const failedAt: number[] = [];
+  const client = new WorkerClient({
+    baseUrl: url,
+    hostUuid: randomUUID(),
+    agentVersion: "worker-test/1.0",
+    intervalMs: NEVER_MS,
+    reconnectMinMs: 40,
+    reconnectMaxMs: 640,
+    onError: () => failedAt.push(performance.now()),
+  });
+
+  client.start();
+  await vi.waitFor(() => expect(failedAt.length).toBeGreaterThanOrEqual(8), {
+    timeout: 10_000,
+  });
+  await client.stop({ timeoutMs: 100 });
+
+  // The n-th wait is 40 * 2^n ms times a random factor between 1 and 2,
+  // and at most 640 ms; a refused connection adds a few milliseconds.
+  const waits = failedAt.slice(1, 8).map((at, n) => at - failedAt[n]!);
+  const outOfBounds = waits
+    .map((wait, n) => ({
+      n,
+      wait: Math.round(wait),
+      least: Math.min(40 * 2 ** n, 640) - 5,
+      most: Math.min(80 * 2 ** n, 640) + 150,
+    }))
+    .filter(({ wait, least, most }) => wait < least || wait > most);
+  expect(outOfBounds).toEqual([]);
+});
+
 test("WorkerClient reports a server it cannot reach as UNAVAILABLE", async () => {
   const url = await closedPortUrl();
   const errors = errorCatcher();
