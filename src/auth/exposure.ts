@@ -15,22 +15,30 @@ export function isLoopback(host: string): boolean {
 export interface Exposure {
   readonly host: string;
   readonly auth: "tokens" | "none";
-  readonly tlsConfigured: boolean;
+  /**
+   * `server`: TLS_CERT_FILE and TLS_KEY_FILE; `mutual`: TLS_CLIENT_CA_FILE
+   * as well, so that every caller holds a certificate the operator's CA
+   * signed.
+   */
+  readonly tls: "off" | "server" | "mutual";
+}
+
+/** The server was told to listen where anyone could act as an admin. */
+export class ExposureError extends Error {
+  override name = "ExposureError";
 }
 
 /**
- * Refuses to listen beyond this machine with neither bearer tokens nor TLS:
- * every caller could then act as an admin, in the clear. The error says how
- * to fix it.
+ * Refuses to listen beyond this machine with AUTH=none unless mutual TLS
+ * decides who may connect: otherwise every caller that can reach the port
+ * acts as an admin, and server TLS alone only hides that from onlookers.
+ * The error says how to fix it.
  */
 export function checkExposure(exposure: Exposure): void {
-  if (
-    exposure.auth === "none" &&
-    !exposure.tlsConfigured &&
-    !isLoopback(exposure.host)
-  ) {
-    throw new Error(
-      `refusing to listen on ${exposure.host} with AUTH=none and no TLS: anyone who can reach it could call every method. Set AUTH=tokens (create the first admin token with "npm run cli -- token create --role admin --name <name>"), or serve TLS with TLS_CERT_FILE and TLS_KEY_FILE, or listen on a loopback address such as HOST=127.0.0.1`,
-    );
-  }
+  const { host, auth, tls } = exposure;
+  if (auth === "tokens" || tls === "mutual" || isLoopback(host)) return;
+  const transport = tls === "off" ? "no TLS" : "TLS without TLS_CLIENT_CA_FILE";
+  throw new ExposureError(
+    `refusing to listen on ${host} with AUTH=none and ${transport}: anyone who can reach it could call every method as an admin. Set AUTH=tokens (create the first admin token with "npm run cli -- token create --role admin --name <name>"), or turn on mutual TLS with TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE so that only callers holding a certificate your CA signed get in, or listen on 127.0.0.1 (HOST=127.0.0.1)`,
+  );
 }

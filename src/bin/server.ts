@@ -1,8 +1,11 @@
+import { resolve } from "node:path";
+import { ExposureError } from "../auth/exposure.js";
 import {
   loadSettings,
   type Settings,
   SettingsError,
 } from "../config/settings.js";
+import { describeCause } from "../logging/describe-cause.js";
 import { createLogger } from "../logging/logger.js";
 import { type RunningServer, startServer } from "../server/start-server.js";
 
@@ -36,7 +39,7 @@ function stopAndExit(server: RunningServer): void {
       process.exit(0);
     },
     (error: unknown) => {
-      logger.error({ err: error }, "could not stop cleanly");
+      logger.error({ cause: describeCause(error) }, "could not stop cleanly");
       process.exit(1);
     },
   );
@@ -58,9 +61,16 @@ process.once("SIGINT", stop);
 try {
   running = await startServer(settings, logger);
 } catch (error) {
+  // Refused settings, like invalid ones, exit 2 with one plain line.
+  if (error instanceof ExposureError) {
+    logger.fatal(error.message);
+    process.exit(2);
+  }
+  // DATA_DIR is the operator's own choice; a message may name it.
+  const cause = describeCause(error, [resolve(settings.dataDir)]);
   logger.fatal(
-    { err: error },
-    `could not start: ${error instanceof Error ? error.message : String(error)}`,
+    { cause },
+    `could not start: ${cause?.message ?? String(error)}`,
   );
   process.exit(1);
 }

@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
 import type { LifecycleChange } from "../domain/lifecycle.js";
+import { describeCause } from "../logging/describe-cause.js";
 import type {
   ChangeFeed,
   ChangeListener,
@@ -180,7 +181,7 @@ export class InProcessChangeFeed implements ChangeFeed {
       // Logged once per outage, not on every retry.
       this.logger[this.#failing ? "debug" : "warn"](
         {
-          err: error,
+          cause: describeCause(error),
           after: this.#delivered.toString(),
           watchers: dropped.length,
         },

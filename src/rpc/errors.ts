@@ -1,6 +1,7 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { LifecycleError, type LifecycleErrorKind } from "../domain/errors.js";
+import { describeCause } from "../logging/describe-cause.js";
 
 const codeOfKind: Record<LifecycleErrorKind, Code> = {
   invalid_argument: Code.InvalidArgument,
@@ -97,42 +98,6 @@ export function toConnectError(error: unknown): ConnectError {
     undefined,
     error,
   );
-}
-
-// An absolute path of at least two parts, as a message may name a socket
-// or a file.
-const ABSOLUTE_PATH = /(^|[\s'"(=])(?:\/[^\s/'"():]+){2,}\/?/g;
-
-/**
- * What the log keeps of a failure's cause: its type, its SQLSTATE or errno
- * code and its message, without the statement that the query builder puts
- * in front of a database error's message, without file paths, and without
- * a stack trace. A statement can carry what a caller sent, and none of the
- * three helps an operator more than the code and the database's own words.
- */
-export function describeCause(
-  cause: unknown,
-): { type: string; code?: string; message: string } | undefined {
-  if (cause === undefined || cause === null) return undefined;
-  if (!(cause instanceof Error)) return { type: typeof cause, message: "" };
-  const { code } = cause as { code?: unknown };
-  let message = cause.message;
-  // A database error (a five-character SQLSTATE) reads "<statement> - <what
-  // the database said>".
-  const statementEnd = message.lastIndexOf(" - ");
-  if (
-    typeof code === "string" &&
-    /^[0-9A-Z]{5}$/.test(code) &&
-    statementEnd >= 0
-  ) {
-    message = message.slice(statementEnd + 3);
-  }
-  message = message.replace(ABSOLUTE_PATH, "$1<path>");
-  return {
-    type: cause.constructor.name,
-    ...(typeof code === "string" ? { code } : {}),
-    message,
-  };
 }
 
 /**

@@ -1,5 +1,6 @@
 import type { MikroORM } from "@mikro-orm/postgresql";
 import type { Logger } from "pino";
+import { describeCause } from "../logging/describe-cause.js";
 import { pruneHistory } from "../storage/maintenance.js";
 
 /** How long an Accept `request_id` is remembered: the contract asks for 24 h. */
@@ -39,7 +40,10 @@ export async function startHistoryPruner(
       },
       (error: unknown) => {
         running = undefined;
-        logger.warn({ err: error }, "could not prune the change log");
+        logger.warn(
+          { cause: describeCause(error) },
+          "could not prune the change log",
+        );
       },
     );
   };

@@ -67,7 +67,7 @@ export async function startServer(
   checkExposure({
     host: settings.host,
     auth: settings.auth,
-    tlsConfigured: settings.tls !== undefined,
+    tls: tlsMode(settings),
   });
   const database = await openDatabase(settings, logger, POSTGRES_POOL_SIZE);
   try {

@@ -2,6 +2,7 @@ import type { MikroORM } from "@mikro-orm/postgresql";
 import type { Logger } from "pino";
 import type { LifecycleChange } from "../domain/lifecycle.js";
 import type { ChangeFeed } from "../events/change-feed.js";
+import { describeCause } from "../logging/describe-cause.js";
 import { markLostHosts } from "../storage/host-writes.js";
 import { failRowsOfLostHosts, failStaleRows } from "../storage/sweeps.js";
 import {
@@ -109,7 +110,7 @@ export async function startSweeper(
       (error: unknown) => {
         running = undefined;
         logger.warn(
-          { err: error },
+          { cause: describeCause(error) },
           "could not sweep stale rows and lost hosts",
         );
       },

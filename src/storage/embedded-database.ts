@@ -4,6 +4,7 @@ import { PGlite } from "@electric-sql/pglite";
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
 import type { Logger } from "pino";
 import lockfile from "proper-lockfile";
+import { describeCause } from "../logging/describe-cause.js";
 
 /** The embedded PostgreSQL, served on a socket that only this process uses. */
 export interface EmbeddedDatabase {
@@ -50,7 +51,10 @@ export async function openEmbeddedDatabase(
     const { server } = served;
     server.addEventListener("error", (event) => {
       const err = (event as CustomEvent<unknown>).detail;
-      logger.warn({ err, dataDir: dir }, "embedded database socket error");
+      logger.warn(
+        { cause: describeCause(err, [dir]), dataDir: dir },
+        "embedded database socket error",
+      );
     });
     const listen = server.getServerConn();
     const ms = Date.now() - startedAt;
@@ -138,7 +142,7 @@ async function lockDataDir(
       onCompromised: (err) => {
         compromised = true;
         logger.error(
-          { err, dataDir: dir },
+          { cause: describeCause(err, [dir]), dataDir: dir },
           "lost the data directory lock; another process may open it too",
         );
       },

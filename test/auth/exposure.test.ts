@@ -1,12 +1,28 @@
 import { pino } from "pino";
 import { expect, test } from "vitest";
-import { checkExposure, isLoopback } from "../../src/auth/exposure.js";
+import {
+  checkExposure,
+  type Exposure,
+  isLoopback,
+} from "../../src/auth/exposure.js";
 import { loadSettings } from "../../src/config/settings.js";
 import { startServer } from "../../src/server/start-server.js";
 import { createTestDatabase } from "../support/test-server.js";
 
-const REFUSAL =
-  'refusing to listen on 0.0.0.0 with AUTH=none and no TLS: anyone who can reach it could call every method. Set AUTH=tokens (create the first admin token with "npm run cli -- token create --role admin --name <name>"), or serve TLS with TLS_CERT_FILE and TLS_KEY_FILE, or listen on a loopback address such as HOST=127.0.0.1';
+/** The refusal for `host` with AUTH=none over `transport`. */
+function refusal(host: string, transport: string): string {
+  return `refusing to listen on ${host} with AUTH=none and ${transport}: anyone who can reach it could call every method as an admin. Set AUTH=tokens (create the first admin token with "npm run cli -- token create --role admin --name <name>"), or turn on mutual TLS with TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE so that only callers holding a certificate your CA signed get in, or listen on 127.0.0.1 (HOST=127.0.0.1)`;
+}
+
+/** What `checkExposure` says of `exposure`: "allowed", or its message. */
+function verdict(exposure: Exposure): string {
+  try {
+    checkExposure(exposure);
+    return "allowed";
+  } catch (error) {
+    return `${(error as Error).name}: ${(error as Error).message}`;
+  }
+}
 
 test("the server refuses to listen beyond loopback with AUTH=none and no TLS, saying how to fix it", async () => {
   const database = await createTestDatabase();
@@ -20,7 +36,7 @@ test("the server refuses to listen beyond loopback with AUTH=none and no TLS, sa
 
     await expect(
       startServer(settings, pino({ level: "silent" })),
-    ).rejects.toThrow(REFUSAL);
+    ).rejects.toThrow(refusal("0.0.0.0", "no TLS"));
   } finally {
     await database.drop();
   }
@@ -43,13 +59,38 @@ test("the server listens beyond loopback when it requires tokens", async () => {
   }
 });
 
-test("TLS alone is enough to listen beyond loopback", () => {
-  expect(() =>
-    checkExposure({ host: "0.0.0.0", auth: "none", tlsConfigured: true }),
-  ).not.toThrow();
-  expect(() =>
-    checkExposure({ host: "10.1.2.3", auth: "none", tlsConfigured: false }),
-  ).toThrow(/^refusing to listen on 10\.1\.2\.3 with AUTH=none and no TLS/);
+test("beyond loopback, AUTH=none is allowed only with mutual TLS; tokens are allowed with any TLS, and loopback with anything", () => {
+  const hosts = ["127.0.0.1", "0.0.0.0", "10.1.2.3"];
+  const tlsModes = ["off", "server", "mutual"] as const;
+  const verdicts = hosts.flatMap((host) =>
+    (["none", "tokens"] as const).flatMap((auth) =>
+      tlsModes.map((tls) => [
+        `${host} AUTH=${auth} TLS=${tls}`,
+        verdict({ host, auth, tls }),
+      ]),
+    ),
+  );
+
+  expect(Object.fromEntries(verdicts)).toEqual({
+    "127.0.0.1 AUTH=none TLS=off": "allowed",
+    "127.0.0.1 AUTH=none TLS=server": "allowed",
+    "127.0.0.1 AUTH=none TLS=mutual": "allowed",
+    "127.0.0.1 AUTH=tokens TLS=off": "allowed",
+    "127.0.0.1 AUTH=tokens TLS=server": "allowed",
+    "127.0.0.1 AUTH=tokens TLS=mutual": "allowed",
+    "0.0.0.0 AUTH=none TLS=off": `ExposureError: ${refusal("0.0.0.0", "no TLS")}`,
+    "0.0.0.0 AUTH=none TLS=server": `ExposureError: ${refusal("0.0.0.0", "TLS without TLS_CLIENT_CA_FILE")}`,
+    "0.0.0.0 AUTH=none TLS=mutual": "allowed",
+    "0.0.0.0 AUTH=tokens TLS=off": "allowed",
+    "0.0.0.0 AUTH=tokens TLS=server": "allowed",
+    "0.0.0.0 AUTH=tokens TLS=mutual": "allowed",
+    "10.1.2.3 AUTH=none TLS=off": `ExposureError: ${refusal("10.1.2.3", "no TLS")}`,
+    "10.1.2.3 AUTH=none TLS=server": `ExposureError: ${refusal("10.1.2.3", "TLS without TLS_CLIENT_CA_FILE")}`,
+    "10.1.2.3 AUTH=none TLS=mutual": "allowed",
+    "10.1.2.3 AUTH=tokens TLS=off": "allowed",
+    "10.1.2.3 AUTH=tokens TLS=server": "allowed",
+    "10.1.2.3 AUTH=tokens TLS=mutual": "allowed",
+  });
 });
 
 test("only addresses this machine alone can reach count as loopback", () => {

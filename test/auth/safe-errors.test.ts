@@ -8,13 +8,8 @@ import {
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import { Role } from "../../gen/decky/lifecycle/v1/token_pb.js";
 import { issueToken } from "../../src/auth/token.js";
-import { loadSettings } from "../../src/config/settings.js";
-import { createLogger } from "../../src/logging/logger.js";
-import { describeCause } from "../../src/rpc/errors.js";
-import {
-  type RunningServer,
-  startServer,
-} from "../../src/server/start-server.js";
+import { describeCause } from "../../src/logging/describe-cause.js";
+import type { RunningServer } from "../../src/server/start-server.js";
 import { query } from "../../src/storage/sql.js";
 import {
   type CallerClients,
@@ -26,6 +21,7 @@ import {
 import {
   createTestDatabase,
   deckyName,
+  startLoggedServer,
   type TestDatabase,
 } from "../support/test-server.js";
 
@@ -38,26 +34,18 @@ import {
 
 let database: TestDatabase;
 let server: RunningServer;
-const logLines: string[] = [];
+let logLines: string[];
 let dataDir: string;
 
 beforeAll(async () => {
   database = await createTestDatabase();
-  const settings = loadSettings({
-    ...database.env,
-    PORT: "0",
-    HOST: "127.0.0.1",
+  const logged = await startLoggedServer(database, {
     AUTH: "tokens",
     WATCH_STREAMS_PER_CALLER: "1",
     LOG_LEVEL: "trace",
   });
-  const logger = createLogger(settings.logLevel, {
-    write: (line: string) => {
-      logLines.push(line);
-    },
-  });
-  dataDir = settings.dataDir;
-  server = await startServer(settings, logger);
+  ({ server, lines: logLines } = logged);
+  dataDir = logged.settings.dataDir;
 });
 
 afterAll(async () => {

@@ -636,29 +636,40 @@ describe("the server process", () => {
     return dir;
   }
 
-  test(
-    "refuses to listen on 0.0.0.0 with AUTH=none and no TLS, saying how to fix it",
-    async () => {
+  test.each([
+    ["no TLS", false, "no TLS"],
+    ["server-only TLS", true, "TLS without TLS_CLIENT_CA_FILE"],
+  ])(
+    "refuses to listen on 0.0.0.0 with AUTH=none and %s, exiting with status 2 and one plain line saying how to fix it",
+    async (_, serverTls, transport) => {
       const server = spawnServer({
         DATA_DIR: await newDataDir(),
         HOST: "0.0.0.0",
         PORT: "0",
         AUTH: "none",
+        ...(serverTls
+          ? {
+              TLS_CERT_FILE: serverPair.certFile,
+              TLS_KEY_FILE: serverPair.keyFile,
+            }
+          : {}),
       });
       const exit = await server.exited;
 
-      expect(exit).toEqual({ code: 1, signal: null });
-      expect(
-        server.log.filter((line) => line.level >= 50).map((line) => line.msg),
-      ).toEqual([
-        'could not start: refusing to listen on 0.0.0.0 with AUTH=none and no TLS: anyone who can reach it could call every method. Set AUTH=tokens (create the first admin token with "npm run cli -- token create --role admin --name <name>"), or serve TLS with TLS_CERT_FILE and TLS_KEY_FILE, or listen on a loopback address such as HOST=127.0.0.1',
+      expect(exit).toEqual({ code: 2, signal: null });
+      expect(server.log.map((line) => [line.level, line.msg])).toEqual([
+        [
+          60,
+          `refusing to listen on 0.0.0.0 with AUTH=none and ${transport}: anyone who can reach it could call every method as an admin. Set AUTH=tokens (create the first admin token with "npm run cli -- token create --role admin --name <name>"), or turn on mutual TLS with TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE so that only callers holding a certificate your CA signed get in, or listen on 127.0.0.1 (HOST=127.0.0.1)`,
+        ],
       ]);
+      expect(server.stderr()).toBe("");
     },
     PROCESS_TIMEOUT_MS,
   );
 
   test(
-    "listens on 0.0.0.0 with AUTH=none when it serves TLS, and answers over TLS",
+    "listens on 0.0.0.0 with AUTH=none under mutual TLS, and answers a caller with a certificate the client CA signed",
     async () => {
       const server = spawnServer({
         DATA_DIR: await newDataDir(),
@@ -667,12 +678,15 @@ describe("the server process", () => {
         AUTH: "none",
         TLS_CERT_FILE: serverPair.certFile,
         TLS_KEY_FILE: serverPair.keyFile,
+        TLS_CLIENT_CA_FILE: ca.certFile,
       });
       try {
         const url = new URL(await server.servingUrl());
         const client = createClient(
           LifecycleService,
-          transportsTo(`https://127.0.0.1:${url.port}`)["gRPC over HTTP/2"]!,
+          transportsTo(`https://127.0.0.1:${url.port}`, workerPair)[
+            "gRPC over HTTP/2"
+          ]!,
         );
         const listed = await client.list({ deckyName: deckyName("none") });
 

@@ -13,6 +13,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll } from "vitest";
 import { LifecycleService } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import { loadSettings, type Settings } from "../../src/config/settings.js";
+import { createLogger } from "../../src/logging/logger.js";
 import {
   type RunningServer,
   startServer,
@@ -122,6 +123,37 @@ export async function startTestServer(
     transports,
     close: () => server.close(),
   };
+}
+
+/** A server whose log lines a test reads, as the process logger wrote them. */
+export interface LoggedServer {
+  readonly server: RunningServer;
+  readonly settings: Settings;
+  /** Every JSON line logged so far, oldest first. */
+  readonly lines: string[];
+}
+
+/**
+ * Starts a server on `database` with the process logger, keeping what it
+ * writes; `env` overrides any setting (LOG_LEVEL, say).
+ */
+export async function startLoggedServer(
+  database: TestDatabase,
+  env: Record<string, string> = {},
+): Promise<LoggedServer> {
+  const settings = loadSettings({
+    PORT: "0",
+    HOST: "127.0.0.1",
+    ...database.env,
+    ...env,
+  });
+  const lines: string[] = [];
+  const logger = createLogger(settings.logLevel, {
+    write: (line: string) => {
+      lines.push(line);
+    },
+  });
+  return { server: await startServer(settings, logger), settings, lines };
 }
 
 /** A random decky name, unique within a test run. */
