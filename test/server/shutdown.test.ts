@@ -9,9 +9,12 @@ import pg from "pg";
 import { afterAll, afterEach, beforeAll, expect, test, vi } from "vitest";
 import {
   HeartbeatRequestSchema,
+  type Lifecycle,
+  LifecycleSchema,
   LifecycleService,
   Operation,
   Status,
+  type WatchResponse,
   WatchResponse_Kind,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import {
@@ -139,6 +142,58 @@ async function worker(client: LifecycleClient, acked: Acknowledged) {
   }
 }
 
+/**
+ * A sweep interval long enough that no sweep starts during a test, so that
+ * the only session waiting for the revision counter is the call's.
+ */
+const QUIET_SWEEPER_MS = "3600000";
+
+/**
+ * How long after the server logs that it is stopping the revision counter
+ * is released: past the PING that drains HTTP/2 sessions, well within the
+ * share of SHUTDOWN_DEADLINE_MS (10 s) that calls in flight get.
+ */
+const RELEASE_AFTER_STOP_MS = 1000;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * A second session on the PostgreSQL database at `url` that holds the
+ * revision counter, which every write transaction and every sweep locks,
+ * until `release`.
+ */
+async function holdRevisionCounter(url: string) {
+  const session = new pg.Client({ connectionString: url });
+  await session.connect();
+  await session.query("begin");
+  await session.query(
+    "select value from lifecycle_revision where id = 1 for update",
+  );
+  return {
+    /** Resolves once `count` other sessions wait for a lock. */
+    waitForWaiters: (count: number) =>
+      vi.waitFor(async () => {
+        const waiting = await session.query(
+          `select count(*)::int as n from pg_stat_activity
+           where datname = current_database() and wait_event_type = 'Lock'`,
+        );
+        expect(waiting.rows[0].n).toBe(count);
+      }),
+    release: () => session.query("rollback"),
+    end: () => session.end(),
+  };
+}
+
+/** The rows with `ids`, as a fresh server reads them from the database. */
+async function storedRows(ids: string[]): Promise<Lifecycle[]> {
+  const fresh = await startTestServer(database);
+  try {
+    return (await fresh.grpc.list({ ids })).rows;
+  } finally {
+    await fresh.close();
+  }
+}
+
 test(
   "SIGTERM during traffic: Watch and open Heartbeat streams end with UNAVAILABLE, the process exits 0, and every acknowledged call is in the database",
   async () => {
@@ -253,22 +308,10 @@ test.skipIf(!process.env.TEST_DATABASE_URL)(
       SWEEP_INTERVAL_MS: "50",
     });
     await server.servingUrl();
-    // Every sweep waits for the revision counter, which this session holds;
-    // unlike a call's statements, the sweeper's are not cancelled at stop.
-    const blocker = new pg.Client({ connectionString: database.url });
-    await blocker.connect();
+    // Unlike a call's statements, the sweeper's are not cancelled at stop.
+    const counter = await holdRevisionCounter(database.url!);
     try {
-      await blocker.query("begin");
-      await blocker.query(
-        "select value from lifecycle_revision where id = 1 for update",
-      );
-      await vi.waitFor(async () => {
-        const waiting = await blocker.query(
-          `select count(*)::int as n from pg_stat_activity
-           where datname = current_database() and wait_event_type = 'Lock'`,
-        );
-        expect(waiting.rows[0].n).toBe(1);
-      });
+      await counter.waitForWaiters(1);
 
       server.child.kill("SIGTERM");
       const exit = await server.exited;
@@ -280,8 +323,166 @@ test.skipIf(!process.env.TEST_DATABASE_URL)(
         shutdownDeadlineMs: 1000,
       });
     } finally {
-      await blocker.end();
+      await counter.end();
     }
+  },
+  PROCESS_TIMEOUT_MS,
+);
+
+test.skipIf(!process.env.TEST_DATABASE_URL).each([
+  ["gRPC over HTTP/2", createGrpcTransport],
+  [
+    "the Connect protocol over HTTP/1.1",
+    (options: { baseUrl: string }) =>
+      createConnectTransport({ ...options, httpVersion: "1.1" }),
+  ],
+] as const)(
+  "an Accept (%s) that waits in the database when SIGTERM arrives is answered OK, the process exits 0, and the row it created is in the database (needs TEST_DATABASE_URL: only another session on a real PostgreSQL can hold the call in flight)",
+  async (_protocol, transport) => {
+    const server = start({ SWEEP_INTERVAL_MS: QUIET_SWEEPER_MS });
+    const client = createClient(
+      LifecycleService,
+      transport({ baseUrl: await server.servingUrl() }),
+    );
+    const name = deckyName("in-flight");
+    const counter = await holdRevisionCounter(database.url!);
+    try {
+      const accepting = client.accept({
+        operation: Operation.DEPLOY,
+        targets: [{ deckyName: name }],
+      });
+      await counter.waitForWaiters(1);
+
+      server.child.kill("SIGTERM");
+      await server.logged("stopping");
+      await sleep(RELEASE_AFTER_STOP_MS);
+      await counter.release();
+      const accepted = await accepting;
+      const exit = await server.exited;
+
+      expect(exit).toEqual({ code: 0, signal: null });
+      expect(server.log.at(-1)?.msg).toBe("decky-lifecycle stopped");
+      const [row] = accepted.rows;
+      expect(accepted.rows).toEqual([
+        create(LifecycleSchema, {
+          id: accepted.lifecycleIds[0]!,
+          deckyName: name,
+          operation: Operation.DEPLOY,
+          status: Status.PENDING,
+          startedAt: row!.startedAt!,
+          updatedAt: row!.startedAt!,
+          revision: row!.revision,
+        }),
+      ]);
+      expect(await storedRows(accepted.lifecycleIds)).toEqual(accepted.rows);
+    } finally {
+      await counter.end();
+    }
+  },
+  PROCESS_TIMEOUT_MS,
+);
+
+test.skipIf(!process.env.TEST_DATABASE_URL)(
+  "a Heartbeat message that waits in the database when SIGTERM arrives is applied, though its stream ends with UNAVAILABLE and the process exits 0 (needs TEST_DATABASE_URL: only another session on a real PostgreSQL can hold the message in flight)",
+  async () => {
+    const server = start({ SWEEP_INTERVAL_MS: QUIET_SWEEPER_MS });
+    const client = createClient(
+      LifecycleService,
+      createGrpcTransport({ baseUrl: await server.servingUrl() }),
+    );
+    const host = randomUUID();
+    const name = deckyName("in-flight");
+    const accepted = await client.accept({
+      operation: Operation.DEPLOY,
+      targets: [{ deckyName: name, hostUuid: host }],
+    });
+    const id = accepted.lifecycleIds[0]!;
+    const counter = await holdRevisionCounter(database.url!);
+    try {
+      // The worker keeps its stream open after its one message.
+      const stream = outcomeOf(
+        client.heartbeat(
+          (async function* () {
+            yield create(HeartbeatRequestSchema, {
+              hostUuid: host,
+              agentVersion: "test-agent/1.0",
+              deltas: [
+                {
+                  deckyName: name,
+                  operation: Operation.DEPLOY,
+                  status: Status.RUNNING,
+                  lifecycleId: id,
+                },
+              ],
+            });
+            await new Promise(() => {});
+          })(),
+        ),
+      );
+      await counter.waitForWaiters(1);
+
+      server.child.kill("SIGTERM");
+      await server.logged("stopping");
+      await sleep(RELEASE_AFTER_STOP_MS);
+      await counter.release();
+      const exit = await server.exited;
+
+      expect(exit).toEqual({ code: 0, signal: null });
+      expect(server.log.at(-1)?.msg).toBe("decky-lifecycle stopped");
+      expect(await stream).toBe(
+        "14: the server is shutting down; open a new stream and send unacknowledged deltas again",
+      );
+      const [stored] = await storedRows([id]);
+      expect(stored).toEqual(
+        create(LifecycleSchema, {
+          id,
+          deckyName: name,
+          hostUuid: host,
+          operation: Operation.DEPLOY,
+          status: Status.RUNNING,
+          startedAt: accepted.rows[0]!.startedAt!,
+          updatedAt: stored!.updatedAt!,
+          revision: accepted.rows[0]!.revision + 1n,
+        }),
+      );
+    } finally {
+      await counter.end();
+    }
+  },
+  PROCESS_TIMEOUT_MS,
+);
+
+test(
+  "SIGINT stops the server as SIGTERM does: an open Watch stream ends with UNAVAILABLE naming its revision, the last line logged is decky-lifecycle stopped, and the process exits 0",
+  async () => {
+    const server = start();
+    const client = createClient(
+      LifecycleService,
+      createGrpcTransport({ baseUrl: await server.servingUrl() }),
+    );
+    const watch = client.watch({})[Symbol.asyncIterator]();
+    let snapshotEnd: WatchResponse | undefined;
+    while (snapshotEnd === undefined) {
+      const { value } = await watch.next();
+      if (value?.kind === WatchResponse_Kind.SNAPSHOT_END) snapshotEnd = value;
+    }
+    const watchEnd = outcomeOf(
+      (async () => {
+        for (;;) if ((await watch.next()).done) return;
+      })(),
+    );
+
+    server.child.kill("SIGINT");
+    const exit = await server.exited;
+
+    expect(exit).toEqual({ code: 0, signal: null });
+    expect(server.log.find((line) => line.msg === "stopping")).toMatchObject({
+      signal: "SIGINT",
+    });
+    expect(server.log.at(-1)?.msg).toBe("decky-lifecycle stopped");
+    expect(await watchEnd).toBe(
+      `14: the server is shutting down; resume from revision ${snapshotEnd.revision}`,
+    );
   },
   PROCESS_TIMEOUT_MS,
 );
