@@ -12,6 +12,7 @@ import {
   WatchResponse_Kind,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import { AsyncQueue } from "../../src/worker/async-queue.js";
+import { outcomeOf } from "../support/call-outcome.js";
 import { TcpProxy } from "../support/tcp-proxy.js";
 import {
   createTestDatabase,
@@ -336,17 +337,6 @@ describe.skipIf(!adminUrl)(
       await database?.drop();
     });
 
-    /** How a call ended: "ok", or its code and message. */
-    async function outcomeOf(call: Promise<unknown>): Promise<string> {
-      try {
-        await call;
-        return "ok";
-      } catch (error) {
-        const { code, rawMessage } = ConnectError.from(error);
-        return `${Code[code]}: ${rawMessage}`;
-      }
-    }
-
     test("while the network to the database drops every packet, calls fail with UNAVAILABLE before their deadline, an open Watch ends with the revision to resume from, and once it is back the server serves again without a restart", async () => {
       // Connections in the pool, and a watcher following every row.
       const kept = await server.grpc.accept({
@@ -402,10 +392,10 @@ describe.skipIf(!adminUrl)(
       );
 
       expect(during).toEqual([
-        `Unavailable: ${UNAVAILABLE}`,
-        `Unavailable: ${UNAVAILABLE}`,
-        `Unavailable: ${UNAVAILABLE}`,
-        `Unavailable: the database is unavailable; resume from revision ${snapshotEnd.revision}`,
+        `14: ${UNAVAILABLE}`,
+        `14: ${UNAVAILABLE}`,
+        `14: ${UNAVAILABLE}`,
+        `14: the database is unavailable; resume from revision ${snapshotEnd.revision}`,
       ]);
       expect(listed.rows).toEqual(kept.rows);
       expect(reported.row?.status).toBe(Status.RUNNING);

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { type Client, ConnectError, createClient } from "@connectrpc/connect";
+import { type Client, createClient } from "@connectrpc/connect";
 import {
   createConnectTransport,
   createGrpcTransport,
@@ -17,6 +17,7 @@ import {
   type WatchResponse,
   WatchResponse_Kind,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
+import { outcomeOf } from "../support/call-outcome.js";
 import {
   type ServerProcess,
   spawnServer,
@@ -51,17 +52,6 @@ function start(env: Record<string, string> = {}): ServerProcess {
   const server = spawnServer({ ...database.env, PORT: "0", ...env });
   started.push(server);
   return server;
-}
-
-/** How a call ended: "ok", or the code and message it failed with. */
-async function outcomeOf(call: Promise<unknown>): Promise<string> {
-  try {
-    await call;
-    return "ok";
-  } catch (error) {
-    const { code, rawMessage } = ConnectError.from(error);
-    return `${code}: ${rawMessage}`;
-  }
 }
 
 type LifecycleClient = Client<typeof LifecycleService>;
