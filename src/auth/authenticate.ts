@@ -4,7 +4,9 @@ import type { Caller } from "../rpc/services.js";
 import {
   findHostOfCertificate,
   findTokenCredentials,
+  lockTokenStanding,
 } from "../storage/api-tokens.js";
+import { findHostState } from "../storage/host-reads.js";
 import { parseToken, secretMatches } from "./token.js";
 
 /** How callers prove who they are. */
@@ -33,6 +35,55 @@ export function decommissionedError(hostUuid: string): ConnectError {
   return permissionDenied(
     `host ${hostUuid} was decommissioned; its calls are refused`,
   );
+}
+
+/** The error a stream gets when its token is revoked with RevokeToken. */
+export function revokedTokenError(): ConnectError {
+  return unauthenticated("the bearer token of this stream was revoked");
+}
+
+/** The error a stream gets when its host's token is rotated. */
+export function rotatedTokenError(hostUuid: string): ConnectError {
+  return unauthenticated(
+    `the token of this stream was revoked; reconnect with host ${hostUuid}'s new token`,
+  );
+}
+
+/**
+ * Refuses a caller that no longer stands where it stood when the call was
+ * authenticated: its token revoked since, or its host decommissioned. The
+ * error is the one a registered stream is ended with for the same reason.
+ * The token's row stays share-locked until `em`'s transaction ends, so a
+ * revocation cannot commit between this check and that commit. Inside a
+ * transaction that locks the host, the host's row must be locked first, as
+ * RotateHostToken and DecommissionHost lock it before the tokens.
+ */
+export async function refuseRevokedCaller(
+  em: EntityManager,
+  caller: Caller,
+): Promise<void> {
+  if (caller.tokenId === undefined) {
+    const hostUuid = caller.hostUuid;
+    if (
+      hostUuid !== undefined &&
+      (await findHostState(em, hostUuid)) === "decommissioned"
+    ) {
+      throw decommissionedError(hostUuid);
+    }
+    return;
+  }
+  const standing = await lockTokenStanding(em, caller.tokenId);
+  const hostUuid = standing?.hostUuid ?? null;
+  if (hostUuid !== null && standing?.hostState === "decommissioned") {
+    throw decommissionedError(hostUuid);
+  }
+  if (standing && !standing.revoked) return;
+  // Rotating revokes a host's tokens and gives it a new one; RevokeToken
+  // leaves a worker's host with none.
+  if (hostUuid !== null && standing?.hostHasOtherToken) {
+    throw rotatedTokenError(hostUuid);
+  }
+  throw revokedTokenError();
 }
 
 /**

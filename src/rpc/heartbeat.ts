@@ -11,6 +11,7 @@ import {
   HeartbeatResponseSchema,
   type LifecycleDelta,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
+import { refuseRevokedCaller } from "../auth/authenticate.js";
 import { checkHeartbeatHost } from "../auth/worker-scope.js";
 import { type DeltaInput, validateDelta } from "../domain/delta.js";
 import type { ChangeFeed } from "../events/change-feed.js";
@@ -56,7 +57,10 @@ export interface HeartbeatAccess {
  *
  * A worker's stream must speak for the worker's own host. The stream counts
  * against its host's cap from its first message on, and ends early when the
- * host is decommissioned or the stream's token revoked.
+ * host is decommissioned or the stream's token revoked. A stream that was
+ * silent until then is not registered yet, so each message's transaction
+ * checks the token again: a revocation commits either before that check,
+ * and the message is refused, or after the message.
  */
 export async function applyHeartbeats(
   messages: AsyncIterable<HeartbeatRequest>,
@@ -102,6 +106,7 @@ export async function applyHeartbeats(
 
     const { result, changes } = await inWriteTransaction(em, async (tx) => {
       await recordHeartbeat(tx, hostUuid, request.agentVersion);
+      await refuseRevokedCaller(tx.em, access.caller);
       const results: DeltaOutcome[] = [];
       for (const [deltaIndex, input] of request.deltas.entries()) {
         const delta = validateDelta(deltaInput(input));

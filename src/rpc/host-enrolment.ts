@@ -1,13 +1,16 @@
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import {
   DecommissionHostResponseSchema,
   EnrollHostResponseSchema,
   type HostService,
   RotateHostTokenResponseSchema,
 } from "../../gen/decky/lifecycle/v1/host_pb.js";
-import { decommissionedError } from "../auth/authenticate.js";
+import {
+  decommissionedError,
+  rotatedTokenError,
+} from "../auth/authenticate.js";
 import { issueToken } from "../auth/token.js";
 import {
   decommissionHost,
@@ -93,13 +96,7 @@ export function hostEnrolmentHandlers(
         hostUuid,
         issued,
       );
-      streams.endTokens(
-        revokedTokenIds,
-        new ConnectError(
-          `the token of this stream was revoked; reconnect with host ${hostUuid}'s new token`,
-          Code.Unauthenticated,
-        ),
-      );
+      streams.endTokens(revokedTokenIds, rotatedTokenError(hostUuid));
       return create(RotateHostTokenResponseSchema, {
         host: toHostMessage(host),
         token: issued.text,

@@ -7,6 +7,7 @@ import {
   ListResponseSchema,
   ReportResponseSchema,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
+import { refuseRevokedCaller } from "../auth/authenticate.js";
 import { confineToCallerHost } from "../auth/worker-scope.js";
 import { LifecycleError } from "../domain/errors.js";
 import type { LifecycleRow } from "../domain/lifecycle.js";
@@ -123,19 +124,23 @@ export function lifecycleRoutes(services: Services) {
       async *watch(request, context) {
         const query = validateWatch(request);
         const caller = callerOf(context);
-        const em = callEntityManager(context);
-        const filter = await confineToCallerHost(em, caller, query.filter);
         // Ended early, with the reason as the error, when the caller's token
-        // is revoked or its host decommissioned.
+        // is revoked or its host decommissioned. Registered before the caller
+        // is checked again, so a revocation either ends this stream or is
+        // seen by the check.
         const ended = new AbortController();
         const release = streams.openWatch(caller, ended);
         try {
+          const signal = AbortSignal.any([context.signal, ended.signal]);
+          const em = callEntityManager(context, signal);
+          await refuseRevokedCaller(em, caller);
+          const filter = await confineToCallerHost(em, caller, query.filter);
           yield* watchRows(
             { ...query, filter },
             em,
             feed,
             services.keepaliveIntervalMs,
-            AbortSignal.any([context.signal, ended.signal]),
+            signal,
             services.shutdownSignal,
           );
         } finally {

@@ -29,13 +29,17 @@ export const entityManagerKey = createContextKey<EntityManager | undefined>(
 );
 
 /**
- * The call's entity manager, bound to the call's signal: a statement still
- * running when the caller goes away is cancelled.
+ * The call's entity manager, bound to the call's signal, or to `signal` when
+ * the call can end earlier (a stream whose token is revoked): a statement
+ * still running when the caller goes away is cancelled.
  */
-export function callEntityManager(context: HandlerContext): EntityManager {
+export function callEntityManager(
+  context: HandlerContext,
+  signal: AbortSignal = context.signal,
+): EntityManager {
   const em = context.values.get(entityManagerKey);
   if (!em) throw new Error("the call has no entity manager");
-  return bindCallSignal(em, context.signal);
+  return bindCallSignal(em, signal);
 }
 
 /** Who is calling, as the auth interceptor established it. */

@@ -10,6 +10,7 @@ import {
   Role as RoleEnum,
   TokenService,
 } from "../../gen/decky/lifecycle/v1/token_pb.js";
+import { revokedTokenError } from "../auth/authenticate.js";
 import type { Role } from "../auth/roles.js";
 import { issueToken } from "../auth/token.js";
 import { isUuid } from "../domain/lifecycle.js";
@@ -135,13 +136,7 @@ export function tokenRoutes(services: Services) {
         if (!token) {
           throw new ConnectError(`token ${id} does not exist`, Code.NotFound);
         }
-        streams.endTokens(
-          [id],
-          new ConnectError(
-            "the bearer token of this stream was revoked",
-            Code.Unauthenticated,
-          ),
-        );
+        streams.endTokens([id], revokedTokenError());
         return create(RevokeTokenResponseSchema, {
           apiToken: toApiTokenMessage(token),
         });

@@ -85,6 +85,50 @@ export async function findTokenCredentials(
   };
 }
 
+/** Where a token stands now, for a stream that was opened with it. */
+export interface TokenStanding {
+  readonly revoked: boolean;
+  /** The host of a worker token; null for other roles. */
+  readonly hostUuid: string | null;
+  /** The state of a worker token's host; null for other roles. */
+  readonly hostState: HostState | null;
+  /** Whether the token's host has another token in force: it was rotated. */
+  readonly hostHasOtherToken: boolean;
+}
+
+/**
+ * Reads where the token with `id` stands and share-locks its row until the
+ * transaction ends, so a revocation either commits before the read or waits
+ * for the transaction. Undefined if there is no such token.
+ */
+export async function lockTokenStanding(
+  em: EntityManager,
+  id: string,
+): Promise<TokenStanding | undefined> {
+  const [row] = await query(
+    em,
+    `select token.revoked_at is not null as revoked, token.host_uuid,
+            host.state as host_state,
+            exists (select 1 from api_token other
+                    where other.host_uuid = token.host_uuid
+                      and other.id <> token.id
+                      and other.revoked_at is null) as host_has_other_token
+     from api_token token
+     left join worker_host host on host.host_uuid = token.host_uuid
+     where token.id = ?
+     for share of token`,
+    [id],
+  );
+  return (
+    row && {
+      revoked: row.revoked as boolean,
+      hostUuid: (row.host_uuid as string | null) ?? null,
+      hostState: (row.host_state as HostState | null) ?? null,
+      hostHasOtherToken: row.host_has_other_token as boolean,
+    }
+  );
+}
+
 /** The host a client certificate is pinned to, and its state. */
 export async function findHostOfCertificate(
   em: EntityManager,

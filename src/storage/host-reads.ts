@@ -46,3 +46,16 @@ export async function listHosts(
   );
   return rows.map(toWorkerHost);
 }
+
+/** The state of the host `hostUuid`; undefined if there is no such host. */
+export async function findHostState(
+  em: EntityManager,
+  hostUuid: string,
+): Promise<HostState | undefined> {
+  const [row] = await query(
+    em,
+    "select state from worker_host where host_uuid = ?",
+    [hostUuid],
+  );
+  return row?.state as HostState | undefined;
+}
