@@ -29,6 +29,13 @@ const MAX_AGENT_VERSION_LENGTH = 200;
  * revision lock, so its size bounds how long it keeps other writers waiting.
  */
 export const MAX_DELTAS_PER_MESSAGE = 500;
+/**
+ * Refused deltas one stream may hold outcomes for. The contract answers with
+ * every refused delta when the stream closes, so they are kept until then; a
+ * stream that would pass this many is ended before its next message is
+ * applied, and the worker sends that message again on a new stream.
+ */
+export const MAX_OUTCOMES_PER_STREAM = 10_000;
 
 function deltaInput(delta: LifecycleDelta): DeltaInput {
   return {
@@ -72,9 +79,6 @@ export async function applyHeartbeats(
   let streamHost: string | undefined;
   let count = 0;
   let applied = 0;
-  // Known shortcoming: the contract answers with every refused delta when the
-  // stream closes, so they are held until then; a stream kept open for days
-  // by a worker that keeps sending refused deltas grows without bound.
   const outcomes: DeltaOutcome[] = [];
   const ended = new AbortController();
   let release: (() => void) | undefined;
@@ -101,6 +105,12 @@ export async function applyHeartbeats(
     if (request.deltas.length > MAX_DELTAS_PER_MESSAGE) {
       throw invalidArgument(
         `deltas of message ${messageIndex} has ${request.deltas.length} entries; at most ${MAX_DELTAS_PER_MESSAGE} are allowed`,
+      );
+    }
+    if (outcomes.length + request.deltas.length > MAX_OUTCOMES_PER_STREAM) {
+      throw new ConnectError(
+        `this stream already holds ${outcomes.length} outcomes of refused deltas, and message ${messageIndex} could pass the limit of ${MAX_OUTCOMES_PER_STREAM}; close the stream to read them and send message ${messageIndex} again on a new stream`,
+        Code.ResourceExhausted,
       );
     }
 

@@ -1013,3 +1013,32 @@ test("Heartbeat refuses a message of more than 500 deltas and applies none of it
   );
   expect(await listRow(row.id)).toEqual(before);
 });
+
+test("Heartbeat ends a stream whose refused-delta outcomes would pass 10,000 before applying the message that could pass it", async () => {
+  const host = randomUUID();
+  const name = deckyName();
+  const row = await accept(name, host);
+  const absent: DeltaInit[] = Array.from({ length: 500 }, () => ({
+    deckyName: deckyName("absent"),
+    operation: Operation.DEPLOY,
+    status: Status.RUNNING,
+  }));
+  const call = openHeartbeat();
+  for (let message = 0; message < 20; message += 1) call.send(host, absent);
+
+  call.send(host, [
+    { deckyName: name, operation: Operation.DEPLOY, status: Status.RUNNING },
+  ]);
+  const failure = await call.failure();
+
+  expect([Code[failure.code], failure.rawMessage]).toEqual([
+    "ResourceExhausted",
+    "this stream already holds 10000 outcomes of refused deltas, and message 20 could pass the limit of 10000; close the stream to read them and send message 20 again on a new stream",
+  ]);
+  expect((await listRow(row.id)).status).toBe(Status.PENDING);
+  const retried = await heartbeat(host, [
+    { deckyName: name, operation: Operation.DEPLOY, status: Status.RUNNING },
+  ]);
+  expect(retried).toEqual(response(1, 1));
+  expect((await listRow(row.id)).status).toBe(Status.RUNNING);
+});
