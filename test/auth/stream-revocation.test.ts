@@ -1,5 +1,4 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import pg from "pg";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import {
   type Lifecycle,
@@ -20,6 +19,7 @@ import {
   storeToken,
   type WatchCall,
 } from "../support/callers.js";
+import { LockingSessions } from "../support/pg-sessions.js";
 import { deckyName, serveThisFile } from "../support/test-server.js";
 
 // Without sweeps, the server touches the database only for the calls of the
@@ -28,30 +28,21 @@ const server = serveThisFile({ AUTH: "tokens", SWEEP_INTERVAL_MS: "3600000" });
 const onPostgres = Boolean(process.env.TEST_DATABASE_URL);
 
 let admin: CallerClients;
-/** On PostgreSQL: a session that holds locks, and one that looks on. */
-let locker: pg.Client;
-let observer: pg.Client;
-let testPids: number[] = [];
+/** On PostgreSQL: sessions that hold locks and look on at the server's. */
+let sessions: LockingSessions;
 
 beforeAll(async () => {
   admin = clientsWith(
     server.url,
     `Bearer ${await storeToken(server.server, "admin")}`,
   );
-  if (!onPostgres) return;
-  locker = new pg.Client({ connectionString: server.settings.databaseUrl });
-  observer = new pg.Client({ connectionString: server.settings.databaseUrl });
-  for (const client of [locker, observer]) {
-    await client.connect();
-    const { rows } = await client.query("select pg_backend_pid() as pid");
-    testPids.push(rows[0].pid as number);
+  if (onPostgres) {
+    sessions = await LockingSessions.open(server.settings.databaseUrl!);
   }
 });
 
 afterAll(async () => {
-  await locker?.end();
-  await observer?.end();
-  testPids = [];
+  await sessions?.close();
 });
 
 const REVOKED = "the bearer token of this stream was revoked";
@@ -95,43 +86,15 @@ function poolUse() {
   return { used: pool.numUsed(), waiting: pool.numPendingAcquires() };
 }
 
-/** The states of the server's own PostgreSQL sessions. */
-async function serverBackends() {
-  const { rows } = await observer.query(
-    `select state, wait_event_type from pg_stat_activity
-     where datname = current_database()
-       and backend_type = 'client backend'
-       and pid <> all($1::int[])`,
-    [testPids],
-  );
-  return rows as { state: string; wait_event_type: string | null }[];
-}
-
-async function untilServerWaitsForLock() {
-  await vi.waitFor(
-    async () => {
-      const waiting = (await serverBackends()).filter(
-        (backend) =>
-          backend.state === "active" && backend.wait_event_type === "Lock",
-      );
-      expect(waiting).toHaveLength(1);
-    },
-    { timeout: 5_000, interval: 20 },
-  );
-}
-
 async function untilServerIdle() {
-  await vi.waitFor(
-    async () => {
-      if (onPostgres) {
-        const busy = (await serverBackends()).filter((b) => b.state !== "idle");
-        expect(busy).toEqual([]);
-      } else {
-        expect(poolUse()).toEqual({ used: 0, waiting: 0 });
-      }
-    },
-    { timeout: 5_000, interval: 20 },
-  );
+  if (onPostgres) {
+    await sessions.untilServerIdle();
+    return;
+  }
+  await vi.waitFor(() => expect(poolUse()).toEqual({ used: 0, waiting: 0 }), {
+    timeout: 5_000,
+    interval: 20,
+  });
 }
 
 /**
@@ -162,11 +125,13 @@ async function holdTheConnection() {
  */
 async function openAuthenticated<T>(open: () => T): Promise<T> {
   if (onPostgres) {
-    await locker.query("begin");
-    await locker.query("lock table api_token in access exclusive mode");
+    await sessions.locker.query("begin");
+    await sessions.locker.query(
+      "lock table api_token in access exclusive mode",
+    );
     const call = open();
-    await untilServerWaitsForLock();
-    await locker.query("commit");
+    await sessions.untilServerWaitsForLock();
+    await sessions.locker.query("commit");
     await untilServerIdle();
     return call;
   }
@@ -282,11 +247,13 @@ describe.skipIf(!onPostgres)(
   () => {
     test("a Watch whose token is revoked while its snapshot waits for a lock ends UNAUTHENTICATED before the lock is released, having sent nothing", async () => {
       const { tokenId, viewer } = await viewerToken();
-      await locker.query("begin");
-      await locker.query("lock table decky_lifecycle in access exclusive mode");
+      await sessions.locker.query("begin");
+      await sessions.locker.query(
+        "lock table decky_lifecycle in access exclusive mode",
+      );
       try {
         const watch = openWatch(viewer, {});
-        await untilServerWaitsForLock();
+        await sessions.untilServerWaitsForLock();
 
         await admin.tokens.revokeToken({ tokenId });
 
@@ -294,7 +261,7 @@ describe.skipIf(!onPostgres)(
         expect(watch.received).toEqual([]);
         await untilServerIdle();
       } finally {
-        await locker.query("commit");
+        await sessions.locker.query("commit");
       }
     });
   },
@@ -311,15 +278,15 @@ test("a Watch whose token is revoked after it was authenticated and before its f
 
   let watch: WatchCall;
   if (onPostgres) {
-    await locker.query("begin");
-    await locker.query("lock table api_token in exclusive mode");
+    await sessions.locker.query("begin");
+    await sessions.locker.query("lock table api_token in exclusive mode");
     watch = openWatch(viewer, {});
-    await untilServerWaitsForLock();
-    await locker.query(
+    await sessions.untilServerWaitsForLock();
+    await sessions.locker.query(
       "update api_token set revoked_at = clock_timestamp() where id = $1",
       [tokenId],
     );
-    await locker.query("commit");
+    await sessions.locker.query("commit");
   } else {
     const connection = await holdTheConnection();
     watch = openWatch(viewer, {});

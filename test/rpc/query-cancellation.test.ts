@@ -8,7 +8,6 @@ import {
   createConnectTransport,
   createGrpcTransport,
 } from "@connectrpc/connect-node";
-import pg from "pg";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import {
@@ -21,6 +20,7 @@ import {
   type RunningServer,
   startServer,
 } from "../../src/server/start-server.js";
+import { LockingSessions } from "../support/pg-sessions.js";
 import {
   createTestDatabase,
   deckyName,
@@ -118,21 +118,11 @@ async function concurrentLists(name: string, count: number) {
 describe.skipIf(!process.env.TEST_DATABASE_URL)(
   "on PostgreSQL (the embedded database has one connection, so nothing there can hold a lock that a statement waits for)",
   () => {
-    let locker: pg.Client;
-    let observer: pg.Client;
-    let lockerPid: number;
-    let observerPid: number;
+    let sessions: LockingSessions;
     let seeded: string;
 
     beforeAll(async () => {
-      locker = new pg.Client({ connectionString: database.url });
-      observer = new pg.Client({ connectionString: database.url });
-      await locker.connect();
-      await observer.connect();
-      lockerPid = (await locker.query("select pg_backend_pid() as pid")).rows[0]
-        .pid;
-      observerPid = (await observer.query("select pg_backend_pid() as pid"))
-        .rows[0].pid;
+      sessions = await LockingSessions.open(database.url!);
       seeded = deckyName("seeded");
       await grpc.accept({
         operation: Operation.DEPLOY,
@@ -141,41 +131,15 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)(
     });
 
     afterAll(async () => {
-      await locker?.end();
-      await observer?.end();
+      await sessions?.close();
     });
 
     /** Holds an ACCESS EXCLUSIVE lock on decky_lifecycle until `release`. */
     async function lockRows() {
+      const { locker } = sessions;
       await locker.query("begin");
       await locker.query("lock table decky_lifecycle in access exclusive mode");
       return { release: () => locker.query("commit") };
-    }
-
-    /** The server's own backends: neither the locker nor the observer. */
-    async function serverBackends() {
-      const { rows } = await observer.query(
-        `select state, wait_event_type, query from pg_stat_activity
-         where datname = current_database()
-           and backend_type = 'client backend'
-           and pid <> all($1::int[])`,
-        [[lockerPid, observerPid]],
-      );
-      return rows as { state: string; wait_event_type: string | null }[];
-    }
-
-    /** Waits until a backend of the server waits for the table lock. */
-    async function untilWaitingForLock() {
-      await vi.waitFor(
-        async () => {
-          const waiting = (await serverBackends()).filter(
-            (backend) =>
-              backend.state === "active" && backend.wait_event_type === "Lock",
-          );
-          expect(waiting).toHaveLength(1);
-        },
-        { timeout: 5_000, interval: 20 },
-      );
     }
 
     /**
@@ -183,19 +147,11 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)(
      * transaction, while the locker still holds its lock.
      */
     async function untilServerIdleUnderLock() {
-      await vi.waitFor(
-        async () => {
-          const busy = (await serverBackends()).filter(
-            (backend) => backend.state !== "idle",
-          );
-          expect(busy).toEqual([]);
-        },
-        { timeout: 5_000, interval: 20 },
-      );
-      const { rows } = await observer.query(
+      await sessions.untilServerIdle();
+      const { rows } = await sessions.observer.query(
         `select count(*)::int as held from pg_locks
          where pid = $1 and mode = 'AccessExclusiveLock' and granted`,
-        [lockerPid],
+        [sessions.lockerPid],
       );
       expect(rows).toEqual([{ held: 1 }]);
     }
@@ -213,7 +169,7 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)(
       const lock = await lockRows();
       try {
         const call = failure(grpc.list({}, { timeoutMs: 1_000 }));
-        await untilWaitingForLock();
+        await sessions.untilServerWaitsForLock();
         expect(await call).toMatchObject({ code: Code.DeadlineExceeded });
         await untilServerIdleUnderLock();
       } finally {
@@ -237,7 +193,7 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)(
       try {
         const abort = new AbortController();
         const call = failure(connect.list({}, { signal: abort.signal }));
-        await untilWaitingForLock();
+        await sessions.untilServerWaitsForLock();
         abort.abort();
         expect(await call).toMatchObject({ code: Code.Canceled });
         await untilServerIdleUnderLock();
@@ -254,7 +210,7 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)(
       const lock = await lockRows();
       try {
         const stream = endOf(grpc.watch({}, { timeoutMs: 1_000 }));
-        await untilWaitingForLock();
+        await sessions.untilServerWaitsForLock();
         expect(await stream).toMatchObject({ code: Code.DeadlineExceeded });
         await untilServerIdleUnderLock();
       } finally {
@@ -271,7 +227,7 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)(
       try {
         const abort = new AbortController();
         const stream = endOf(connect.watch({}, { signal: abort.signal }));
-        await untilWaitingForLock();
+        await sessions.untilServerWaitsForLock();
         abort.abort();
         expect(await stream).toMatchObject({ code: Code.Canceled });
         await untilServerIdleUnderLock();
@@ -295,7 +251,7 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)(
             { signal: abort.signal },
           ),
         );
-        await untilWaitingForLock();
+        await sessions.untilServerWaitsForLock();
         abort.abort();
         expect(await call).toMatchObject({ code: Code.Canceled });
         await untilServerIdleUnderLock();
