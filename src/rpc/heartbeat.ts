@@ -50,10 +50,14 @@ function deltaInput(delta: LifecycleDelta): DeltaInput {
   };
 }
 
-/** Who sends a Heartbeat stream, and where open streams are counted. */
+/**
+ * Who sends a Heartbeat stream, where open streams are counted, and how long
+ * the stream may go without a message.
+ */
 export interface HeartbeatAccess {
   readonly caller: Caller;
   readonly streams: OpenStreams;
+  readonly idleMs: number;
 }
 
 /**
@@ -85,8 +89,7 @@ export async function applyHeartbeats(
 
   for await (const request of untilShutdown(
     messages,
-    shutdownSignal,
-    ended.signal,
+    { shutdownSignal, endSignal: ended.signal, idleMs: access.idleMs },
     () => release?.(),
   )) {
     const messageIndex = count;
@@ -157,50 +160,87 @@ export async function applyHeartbeats(
   });
 }
 
+/** What ends a Heartbeat stream before its worker closes it. */
+interface StreamEnds {
+  /** Aborts when the server shuts down. */
+  readonly shutdownSignal: AbortSignal;
+  /** Aborts, with the error as its reason, when the stream must end. */
+  readonly endSignal: AbortSignal;
+  /** How long the stream may wait for its next message. */
+  readonly idleMs: number;
+}
+
 /**
  * The stream's messages until the server shuts down; then the call ends with
  * UNAVAILABLE, so the worker opens a new stream elsewhere or later and sends
  * again whatever it has not seen acknowledged. A message already received is
  * applied first. When `endSignal` aborts (the host was decommissioned, the
- * token revoked), the call ends with its reason the same way. `onEnd` runs
- * once the stream is over.
+ * token revoked), the call ends with its reason the same way. A stream with
+ * no message for `idleMs` ends with UNAVAILABLE too: its connection is most
+ * likely dead, and it would otherwise hold its place under the host's cap.
+ * `onEnd` runs once the stream is over.
  */
 async function* untilShutdown(
   messages: AsyncIterable<HeartbeatRequest>,
-  shutdownSignal: AbortSignal,
-  endSignal: AbortSignal,
+  ends: StreamEnds,
   onEnd: () => void,
 ): AsyncGenerator<HeartbeatRequest> {
   const iterator = messages[Symbol.asyncIterator]();
-  let onShutdown: (() => void) | undefined;
-  const shutdown = new Promise<"shutdown">((resolve) => {
-    onShutdown = () => resolve("shutdown");
-    if (shutdownSignal.aborted) onShutdown();
-    shutdownSignal.addEventListener("abort", onShutdown);
-  });
-  let onEndSignal: (() => void) | undefined;
-  const endedEarly = new Promise<"ended">((resolve) => {
-    onEndSignal = () => resolve("ended");
-    if (endSignal.aborted) onEndSignal();
-    endSignal.addEventListener("abort", onEndSignal);
-  });
   try {
     for (;;) {
-      const next = await Promise.race([iterator.next(), shutdown, endedEarly]);
-      if (next === "ended") throw endSignal.reason;
-      if (next === "shutdown") {
-        throw new ConnectError(
-          "the server is shutting down; open a new stream and send unacknowledged deltas again",
-          Code.Unavailable,
-        );
-      }
+      const next = await nextMessage(iterator, ends);
       if (next.done) return;
       yield next.value;
     }
   } finally {
-    if (onShutdown) shutdownSignal.removeEventListener("abort", onShutdown);
-    if (onEndSignal) endSignal.removeEventListener("abort", onEndSignal);
     onEnd();
     void iterator.return?.();
   }
+}
+
+/**
+ * The stream's next message, or the error that ends the stream first. Every
+ * listener and timer it sets is gone when it settles, however long the
+ * stream lives.
+ */
+function nextMessage(
+  iterator: AsyncIterator<HeartbeatRequest>,
+  { shutdownSignal, endSignal, idleMs }: StreamEnds,
+): Promise<IteratorResult<HeartbeatRequest>> {
+  return new Promise((resolve, reject) => {
+    const onShutdown = () =>
+      settle(
+        reject,
+        new ConnectError(
+          "the server is shutting down; open a new stream and send unacknowledged deltas again",
+          Code.Unavailable,
+        ),
+      );
+    const onEnd = () => settle(reject, endSignal.reason);
+    const idle = setTimeout(
+      () =>
+        settle(
+          reject,
+          new ConnectError(
+            `the stream sent no message for ${idleMs} ms, so its host would count as lost; open a new stream and send unacknowledged deltas again`,
+            Code.Unavailable,
+          ),
+        ),
+      idleMs,
+    );
+    function settle<T>(how: (value: T) => void, value: T) {
+      clearTimeout(idle);
+      shutdownSignal.removeEventListener("abort", onShutdown);
+      endSignal.removeEventListener("abort", onEnd);
+      how(value);
+    }
+    if (shutdownSignal.aborted) return onShutdown();
+    if (endSignal.aborted) return onEnd();
+    shutdownSignal.addEventListener("abort", onShutdown);
+    endSignal.addEventListener("abort", onEnd);
+    iterator.next().then(
+      (next) => settle(resolve, next),
+      (error: unknown) => settle(reject, error),
+    );
+  });
 }

@@ -155,7 +155,11 @@ export function lifecycleRoutes(services: Services) {
           callEntityManager(context),
           feed,
           services.shutdownSignal,
-          { caller: callerOf(context), streams },
+          {
+            caller: callerOf(context),
+            streams,
+            idleMs: services.heartbeatIdleMs,
+          },
         );
       },
 

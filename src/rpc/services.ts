@@ -13,6 +13,11 @@ export interface Services {
   readonly pageTokens: PageTokens;
   readonly logger: Logger;
   readonly keepaliveIntervalMs: number;
+  /**
+   * How long a Heartbeat stream may go without a message: as long as its
+   * host may before it is marked lost.
+   */
+  readonly heartbeatIdleMs: number;
   /** Aborts when the server shuts down; open Watch streams then end. */
   readonly shutdownSignal: AbortSignal;
   /** The open Watch and Heartbeat streams: their caps, and ending them. */

@@ -121,6 +121,7 @@ async function serve(
     hostPageTokens,
     logger,
     keepaliveIntervalMs: settings.keepaliveIntervalMs,
+    heartbeatIdleMs: settings.hostLostAfterMs,
     shutdownSignal: shutdown.signal,
     streams: new OpenStreams({
       watchStreamsPerCaller: settings.watchStreamsPerCaller,
