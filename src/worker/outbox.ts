@@ -144,7 +144,10 @@ export class Outbox {
   close(): void {
     if (this.#fd !== undefined) closeSync(this.#fd);
     this.#fd = undefined;
-    if (this.#lockPath !== undefined) rmSync(this.#lockPath, { force: true });
+    if (this.#lockPath !== undefined) {
+      rmSync(this.#lockPath, { force: true });
+      locksHeld.delete(this.#lockPath);
+    }
     this.#lockPath = undefined;
   }
 
@@ -258,15 +261,21 @@ export class Outbox {
   }
 }
 
+/** The lock files this process holds. */
+const locksHeld = new Set<string>();
+
 /**
  * Takes `<path>.lock` for this process, from a process that is gone if need
- * be; returns the lock's path.
+ * be; returns the lock's path. A lock naming this process's own id that this
+ * process does not hold was left by an earlier process that had the same id,
+ * as a worker restarted in a container often has.
  */
 function lock(path: string): string {
   const lockPath = `${path}.lock`;
   for (;;) {
     try {
       writeFileSync(lockPath, `${process.pid}\n`, { flag: "wx" });
+      locksHeld.add(lockPath);
       return lockPath;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
@@ -279,7 +288,9 @@ function lock(path: string): string {
       if ((error as NodeJS.ErrnoException).code === "ENOENT") continue;
       throw error;
     }
-    if (!isGone(holder)) {
+    const leftByEarlierSelf =
+      holder === process.pid && !locksHeld.has(lockPath);
+    if (!leftByEarlierSelf && !isGone(holder)) {
       throw new Error(
         `${path} is in use by process ${Number.isNaN(holder) ? "unknown" : holder}; stop it, or remove ${lockPath} if no worker uses the outbox`,
       );

@@ -270,6 +270,18 @@ test("Outbox takes over a file whose process is gone", async () => {
   expect(readFileSync(`${path}.lock`, "utf8")).toBe(`${process.pid}\n`);
 });
 
+test("Outbox takes over a file locked under this process's id by an earlier process that had the same id", () => {
+  writeFileSync(`${path}.lock`, `${process.pid}\n`);
+
+  const outbox = open();
+  outbox.add([delta(1)]);
+
+  expect(outbox.entries()).toEqual([{ seq: 1, delta: delta(1) }]);
+  expect(() => Outbox.open(path)).toThrow(
+    `${path} is in use by process ${process.pid}`,
+  );
+});
+
 test("Outbox in memory writes no file and keeps its entries until removed", () => {
   const outbox = Outbox.open();
   outbox.add([delta(1), delta(2)]);
