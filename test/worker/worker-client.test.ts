@@ -678,14 +678,15 @@ test("WorkerClient waits twice as long, give or take its jitter, after each fail
   await client.stop({ timeoutMs: 100 });
 
   // The n-th wait is 40 * 2^n ms times a random factor between 1 and 2,
-  // and at most 640 ms; a refused connection adds a few milliseconds.
+  // and at most 640 ms; a refused connection adds a few milliseconds, and a
+  // busy machine may fire a timer late, never early.
   const waits = failedAt.slice(1, 8).map((at, n) => at - failedAt[n]!);
   const outOfBounds = waits
     .map((wait, n) => ({
       n,
       wait: Math.round(wait),
       least: Math.min(40 * 2 ** n, 640) - 5,
-      most: Math.min(80 * 2 ** n, 640) + 150,
+      most: Math.min(80 * 2 ** n, 640) + 400,
     }))
     .filter(({ wait, least, most }) => wait < least || wait > most);
   expect(outOfBounds).toEqual([]);
