@@ -52,6 +52,18 @@ export function parseToken(text: string): ParsedToken | undefined {
   return { id, secret: Buffer.from(secret!, "base64url") };
 }
 
+/** A token in some text, whole or cut short after its id. */
+const TOKEN_IN_TEXT = /dl_([0-9a-f]{32})_[A-Za-z0-9_-]*/g;
+
+/**
+ * `text` with the secret of every token in it left out, keeping the id that
+ * names the token. A caller who pastes a token where an id belongs gets an
+ * error, and neither it nor the log may carry the token back.
+ */
+export function withoutTokenSecrets(text: string): string {
+  return text.replace(TOKEN_IN_TEXT, "dl_$1_<secret withheld>");
+}
+
 export function hashSecret(secret: Buffer): Buffer {
   return createHash("sha256").update(secret).digest();
 }

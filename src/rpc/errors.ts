@@ -1,5 +1,6 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { Logger } from "pino";
+import { withoutTokenSecrets } from "../auth/token.js";
 import { LifecycleError, type LifecycleErrorKind } from "../domain/errors.js";
 import { describeCause } from "../logging/describe-cause.js";
 
@@ -100,6 +101,19 @@ export function toConnectError(error: unknown): ConnectError {
   );
 }
 
+/** `error`, its message without the secret of any token the caller sent. */
+function withoutSecrets(error: ConnectError): ConnectError {
+  const message = withoutTokenSecrets(error.rawMessage);
+  if (message === error.rawMessage) return error;
+  return new ConnectError(
+    message,
+    error.code,
+    error.metadata,
+    undefined,
+    error.cause,
+  );
+}
+
 /**
  * The one place errors cross the RPC boundary: converts them and logs each
  * call's outcome, failures with what `describeCause` keeps of their cause.
@@ -111,7 +125,7 @@ export function errorInterceptor(
   return (next) => async (request) => {
     const method = request.method.name;
     const fail = (error: unknown): never => {
-      const converted = toConnectError(error);
+      const converted = withoutSecrets(toConnectError(error));
       // Streams that the server ends while shutting down are expected.
       const level =
         converted.code === Code.Internal

@@ -129,7 +129,7 @@ test("every error code the service answers with is free of tokens, SQL, stack tr
     retired.token,
     unknown,
   ]) {
-    secrets.push(token, secretOf(token));
+    secrets.push(token, secretOf(token), secretOf(token).slice(0, 12));
   }
   const as = (token: string): CallerClients =>
     clientsWith(server.url, `Bearer ${token}`);
@@ -170,6 +170,34 @@ test("every error code the service answers with is free of tokens, SQL, stack tr
   await expectFailure(Code.InvalidArgument, () =>
     admin.lifecycle.list({ pageToken: "forged" }),
   );
+  // A token pasted where an id belongs is named by its id, never its secret.
+  const pasted = viewer.token;
+  const pastedShown = `"dl_${viewer.apiToken!.tokenId.replaceAll("-", "")}_<secret withheld>"`;
+  const pastedAnswers = answers.length;
+  await expectFailure(Code.InvalidArgument, () =>
+    admin.tokens.revokeToken({ tokenId: pasted }),
+  );
+  await expectFailure(Code.InvalidArgument, () =>
+    admin.lifecycle.report({ lifecycleId: pasted, status: Status.RUNNING }),
+  );
+  await expectFailure(Code.InvalidArgument, () =>
+    admin.lifecycle.list({ ids: [pasted] }),
+  );
+  await expectFailure(Code.InvalidArgument, () =>
+    admin.hosts.rotateHostToken({ hostUuid: `${pasted}-and-more` }),
+  );
+  const pastedHeartbeat = openHeartbeat(admin);
+  pastedHeartbeat.send({ hostUuid: pasted, agentVersion: "a/1", deltas: [] });
+  await expectFailure(Code.InvalidArgument, async () => {
+    throw await pastedHeartbeat.failure();
+  });
+  expect(answers.slice(pastedAnswers).map((a) => a.message)).toEqual([
+    `[invalid_argument] token_id ${pastedShown} is not a UUID`,
+    `[invalid_argument] lifecycle_id ${pastedShown} is not a UUID`,
+    `[invalid_argument] ids[0] ${pastedShown} is not a UUID`,
+    `[invalid_argument] host_uuid ${pastedShown.slice(0, -1)}…" is not a UUID`,
+    `[invalid_argument] host_uuid ${pastedShown} is not a UUID`,
+  ]);
   const malformed = await rawCall(
     "/decky.lifecycle.v1.LifecycleService/List",
     "{",
