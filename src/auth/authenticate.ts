@@ -90,8 +90,9 @@ export async function refuseRevokedCaller(
  * Works out who is calling. With AUTH=tokens a call needs a bearer token in
  * force: a missing, malformed, unknown or revoked one is UNAUTHENTICATED,
  * and a worker token of a decommissioned host is PERMISSION_DENIED. With
- * AUTH=none every caller is an admin, except one whose client certificate
- * is pinned to a host: that caller is that host's worker.
+ * AUTH=none, which the server allows on loopback only (`checkExposure`),
+ * every caller is an admin, except one whose client certificate is pinned
+ * to a host: that caller is that host's worker.
  *
  * A worker's client certificate, when the call comes with one or its host
  * has one pinned, must be the one pinned to the worker's host.

@@ -15,12 +15,6 @@ export function isLoopback(host: string): boolean {
 export interface Exposure {
   readonly host: string;
   readonly auth: "tokens" | "none";
-  /**
-   * `server`: TLS_CERT_FILE and TLS_KEY_FILE; `mutual`: TLS_CLIENT_CA_FILE
-   * as well, so that every caller holds a certificate the operator's CA
-   * signed.
-   */
-  readonly tls: "off" | "server" | "mutual";
 }
 
 /** The server was told to listen where anyone could act as an admin. */
@@ -29,16 +23,15 @@ export class ExposureError extends Error {
 }
 
 /**
- * Refuses to listen beyond this machine with AUTH=none unless mutual TLS
- * decides who may connect: otherwise every caller that can reach the port
- * acts as an admin, and server TLS alone only hides that from onlookers.
- * The error says how to fix it.
+ * Refuses to listen beyond this machine with AUTH=none, whatever the TLS:
+ * every caller that can connect would act as an admin, and TLS, even
+ * mutual, encrypts but does not say who is calling. AUTH=none is the
+ * development default, on loopback only. The error says how to fix it.
  */
 export function checkExposure(exposure: Exposure): void {
-  const { host, auth, tls } = exposure;
-  if (auth === "tokens" || tls === "mutual" || isLoopback(host)) return;
-  const transport = tls === "off" ? "no TLS" : "TLS without TLS_CLIENT_CA_FILE";
+  const { host, auth } = exposure;
+  if (auth === "tokens" || isLoopback(host)) return;
   throw new ExposureError(
-    `refusing to listen on ${host} with AUTH=none and ${transport}: anyone who can reach it could call every method as an admin. Set AUTH=tokens (create the first admin token with "npm run cli -- token create --role admin --name <name>"), or turn on mutual TLS with TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE so that only callers holding a certificate your CA signed get in, or listen on 127.0.0.1 (HOST=127.0.0.1)`,
+    `refusing to listen on ${host} with AUTH=none: every caller that reaches it would act as an admin, and TLS, even mutual TLS, encrypts the calls but does not say who is calling. Set AUTH=tokens (create the first admin token with "npm run cli -- token create --role admin --name <name>"), or listen on 127.0.0.1 (HOST=127.0.0.1)`,
   );
 }

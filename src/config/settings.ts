@@ -135,7 +135,8 @@ export interface Settings {
   readonly logLevel: string;
   /**
    * How callers prove who they are: `tokens` needs a bearer token on every
-   * call; `none` lets every caller act as an admin.
+   * call; `none` lets every caller act as an admin, so the server allows it
+   * on a loopback host only, whatever the TLS.
    */
   readonly auth: (typeof AUTH_MODES)[number];
   /** How many Watch streams one caller may hold open at once. */

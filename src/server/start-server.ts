@@ -64,11 +64,7 @@ export async function startServer(
   settings: Settings,
   logger: Logger,
 ): Promise<RunningServer> {
-  checkExposure({
-    host: settings.host,
-    auth: settings.auth,
-    tls: tlsMode(settings),
-  });
+  checkExposure({ host: settings.host, auth: settings.auth });
   const database = await openDatabase(settings, logger, POSTGRES_POOL_SIZE);
   try {
     return await serve(settings, logger, database);
