@@ -1,5 +1,5 @@
 import http from "node:http";
-import type { Browser, CDPSession, Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import {
   LifecycleService,
@@ -8,10 +8,18 @@ import {
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import { loadSettings, SettingsError } from "../../src/config/settings.js";
 import {
+  ALLOWED_HEADERS,
+  ALLOWED_METHODS,
   bundlePageScript,
+  type CorsAnswer,
+  corsHeadersOf,
   launchChromium,
+  listOnPage,
+  openApiClientPage,
   type PageServer,
+  recordCors,
   servePage,
+  watchOnPage,
 } from "../support/browser.js";
 import {
   createTestDatabase,
@@ -23,25 +31,8 @@ import {
 
 const LIST_PATH = `/${LifecycleService.typeName}/${LifecycleService.method.list.name}`;
 
-const ALLOWED_METHODS = "POST, GET";
-const ALLOWED_HEADERS =
-  "Content-Type, Connect-Protocol-Version, Connect-Timeout-Ms, Connect-Content-Encoding, Connect-Accept-Encoding, Content-Encoding, Accept-Encoding, Grpc-Message-Type, X-Grpc-Web, X-User-Agent, Grpc-Timeout, Authorization";
 const EXPOSED_HEADERS =
   "Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, Content-Encoding, Connect-Content-Encoding";
-
-/** What a page's `window.lifecycle` offers (test/browser/page/api-client.ts). */
-interface PageApi {
-  list(
-    deckyName: string,
-    pageToken?: string,
-    protocol?: string,
-  ): Promise<Outcome<unknown>>;
-  watch(deckyName: string, count: number): Promise<Outcome<string[]>>;
-}
-
-type Outcome<T> =
-  | { ok: true; value: T }
-  | { ok: false; code: string; message: string };
 
 let database: TestDatabase;
 let server: TestServer;
@@ -68,25 +59,6 @@ afterAll(async () => {
   await allowedPage?.close();
   await otherPage?.close();
 });
-
-/** A response's status and the headers that CORS is made of. */
-interface CorsAnswer {
-  readonly status: number;
-  readonly headers: Record<string, string>;
-}
-
-/** The CORS headers among `headers`, and Vary, by lower-case name. */
-function corsHeadersOf(
-  headers: Record<string, unknown>,
-): Record<string, string> {
-  return Object.fromEntries(
-    Object.entries(headers)
-      .map(([name, value]) => [name.toLowerCase(), String(value)] as const)
-      .filter(
-        ([name]) => name.startsWith("access-control-") || name === "vary",
-      ),
-  );
-}
 
 /** Sends a request straight to the service, as a browser would send it. */
 function send(
@@ -133,59 +105,9 @@ function connectList(origin: string): Promise<CorsAnswer> {
   );
 }
 
-/** A page of `page` server's origin, calling the service. */
-async function openPage(pageServer: PageServer): Promise<Page> {
-  const page = await browser.newPage();
-  await page.goto(`${pageServer.origin}/?api=${server.url}`);
-  await page.waitForFunction(() => "lifecycle" in window);
-  return page;
-}
-
-/** The page's List, on Connect or, with `protocol` "grpc-web", gRPC-Web. */
-function list(
-  page: Page,
-  name: string,
-  pageToken = "",
-  protocol = "connect",
-): Promise<Outcome<unknown>> {
-  return page.evaluate(
-    ([n, token, p]) =>
-      (window as unknown as { lifecycle: PageApi }).lifecycle.list(n, token, p),
-    [name, pageToken, protocol] as const,
-  );
-}
-
-/** The page's Watch of `name`'s open rows, until `count` messages came. */
-function watch(
-  page: Page,
-  name: string,
-  count: number,
-): Promise<Outcome<string[]>> {
-  return page.evaluate(
-    ([n, c]) =>
-      (window as unknown as { lifecycle: PageApi }).lifecycle.watch(n, c),
-    [name, count] as const,
-  );
-}
-
-/** The preflights and CORS failures Chromium reports for `page`. */
-async function recordCors(page: Page) {
-  const devtools: CDPSession = await page.context().newCDPSession(page);
-  await devtools.send("Network.enable");
-  const preflights: CorsAnswer[] = [];
-  const corsErrors: string[] = [];
-  devtools.on("Network.responseReceived", ({ type, response }) => {
-    if (type === "Preflight" && response.url.startsWith(server.url)) {
-      preflights.push({
-        status: response.status,
-        headers: corsHeadersOf(response.headers),
-      });
-    }
-  });
-  devtools.on("Network.loadingFailed", ({ corsErrorStatus }) => {
-    if (corsErrorStatus) corsErrors.push(corsErrorStatus.corsError);
-  });
-  return { preflights, corsErrors };
+/** A page of `pageServer`'s origin, calling the service. */
+function openPage(pageServer: PageServer): Promise<Page> {
+  return openApiClientPage(browser, pageServer, server.url);
 }
 
 describe("CORS_ALLOWED_ORIGINS", () => {
@@ -289,8 +211,8 @@ describe("a browser", () => {
       }
     });
 
-    const listed = await list(page, name);
-    const watched = await watch(page, name, 3);
+    const listed = await listOnPage(page, name);
+    const watched = await watchOnPage(page, name, 3);
 
     expect(listed).toEqual({
       ok: true,
@@ -306,7 +228,12 @@ describe("a browser", () => {
   test("on an allowed origin calls List over gRPC-Web and reads its error code and message", async () => {
     const page = await openPage(allowedPage);
 
-    const listed = await list(page, deckyName("cors"), "nope", "grpc-web");
+    const listed = await listOnPage(
+      page,
+      deckyName("cors"),
+      "nope",
+      "grpc-web",
+    );
 
     expect(listed).toEqual({
       ok: false,
@@ -323,11 +250,11 @@ describe("a browser", () => {
       targets: [{ deckyName: name }],
     });
     const page = await openPage(otherPage);
-    const seen = await recordCors(page);
+    const seen = await recordCors(page, server.url);
     await page.exposeFunction("onWatchMessage", async () => {});
 
-    const listed = await list(page, name);
-    const watched = await watch(page, name, 2);
+    const listed = await listOnPage(page, name);
+    const watched = await watchOnPage(page, name, 2);
 
     expect(listed).toEqual({
       ok: false,

@@ -3,7 +3,12 @@ import { existsSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { build } from "esbuild";
-import { type Browser, chromium } from "playwright-core";
+import {
+  type Browser,
+  type CDPSession,
+  chromium,
+  type Page,
+} from "playwright-core";
 
 const CHROMIUM = "/usr/bin/chromium";
 
@@ -79,4 +84,164 @@ export async function servePage(script: string): Promise<PageServer> {
       await new Promise((resolve) => server.close(resolve));
     },
   };
+}
+
+/** A call's outcome in a page: its value, or its error's code and message. */
+export type Outcome<T> =
+  | { ok: true; value: T }
+  | { ok: false; code: string; message: string };
+
+/** What a page's `window.lifecycle` offers (test/browser/page/api-client.ts). */
+interface ApiClientPage {
+  useToken(token: string): void;
+  list(
+    deckyName: string,
+    pageToken: string,
+    protocol: string,
+  ): Promise<Outcome<unknown>>;
+  watch(
+    deckyName: string,
+    count: number,
+    protocol: string,
+  ): Promise<Outcome<string[]>>;
+}
+
+/**
+ * A new page, in a context of its own, running api-client.ts from
+ * `pageServer` against the service at `serviceUrl`.
+ */
+export async function openApiClientPage(
+  browser: Browser,
+  pageServer: PageServer,
+  serviceUrl: string,
+): Promise<Page> {
+  const page = await browser.newPage();
+  await page.goto(`${pageServer.origin}/?api=${serviceUrl}`);
+  await page.waitForFunction(() => "lifecycle" in window);
+  return page;
+}
+
+/** Makes the page send `authorization: Bearer <token>` with every call. */
+export function useTokenOnPage(page: Page, token: string): Promise<void> {
+  return page.evaluate(
+    (t) =>
+      (window as unknown as { lifecycle: ApiClientPage }).lifecycle.useToken(t),
+    token,
+  );
+}
+
+/** The page's List, on Connect or, with `protocol` "grpc-web", gRPC-Web. */
+export function listOnPage(
+  page: Page,
+  name: string,
+  pageToken = "",
+  protocol = "connect",
+): Promise<Outcome<unknown>> {
+  return page.evaluate(
+    ([n, token, p]) =>
+      (window as unknown as { lifecycle: ApiClientPage }).lifecycle.list(
+        n,
+        token,
+        p,
+      ),
+    [name, pageToken, protocol] as const,
+  );
+}
+
+/**
+ * The page's Watch of `name`'s open rows until `count` messages came, on
+ * Connect or, with `protocol` "grpc-web", gRPC-Web. The page calls
+ * `window.onWatchMessage` with each; the test must expose it.
+ */
+export function watchOnPage(
+  page: Page,
+  name: string,
+  count: number,
+  protocol = "connect",
+): Promise<Outcome<string[]>> {
+  return page.evaluate(
+    ([n, c, p]) =>
+      (window as unknown as { lifecycle: ApiClientPage }).lifecycle.watch(
+        n,
+        c,
+        p,
+      ),
+    [name, count, protocol] as const,
+  );
+}
+
+/** The methods a preflight's answer from the service allows. */
+export const ALLOWED_METHODS = "POST, GET";
+
+/**
+ * The request headers a preflight's answer from the service allows: what
+ * Connect and gRPC-Web send, and Authorization.
+ */
+export const ALLOWED_HEADERS =
+  "Content-Type, Connect-Protocol-Version, Connect-Timeout-Ms, Connect-Content-Encoding, Connect-Accept-Encoding, Content-Encoding, Accept-Encoding, Grpc-Message-Type, X-Grpc-Web, X-User-Agent, Grpc-Timeout, Authorization";
+
+/** A response's status and the headers that CORS is made of. */
+export interface CorsAnswer {
+  readonly status: number;
+  readonly headers: Record<string, string>;
+}
+
+/** The CORS headers among `headers`, and Vary, by lower-case name. */
+export function corsHeadersOf(
+  headers: Record<string, unknown>,
+): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(headers)
+      .map(([name, value]) => [name.toLowerCase(), String(value)] as const)
+      .filter(
+        ([name]) => name.startsWith("access-control-") || name === "vary",
+      ),
+  );
+}
+
+/** What Chromium's network stack saw of CORS while a page called a service. */
+export interface CorsRecord {
+  /** Each preflight's Access-Control-Request-Headers, as Chromium sent it. */
+  readonly preflightRequests: string[];
+  /** Each preflight's answer from the service. */
+  readonly preflights: CorsAnswer[];
+  /** Each CORS failure Chromium reported, by its DevTools name. */
+  readonly corsErrors: string[];
+}
+
+/** Records the preflights `page` sends to `serviceUrl` and its CORS failures. */
+export async function recordCors(
+  page: Page,
+  serviceUrl: string,
+): Promise<CorsRecord> {
+  const devtools: CDPSession = await page.context().newCDPSession(page);
+  await devtools.send("Network.enable");
+  const seen: CorsRecord = {
+    preflightRequests: [],
+    preflights: [],
+    corsErrors: [],
+  };
+  // DevTools types a preflight's request as "Other", its response as
+  // "Preflight".
+  devtools.on("Network.requestWillBeSent", ({ request }) => {
+    if (request.method === "OPTIONS" && request.url.startsWith(serviceUrl)) {
+      seen.preflightRequests.push(
+        String(
+          corsHeadersOf(request.headers)["access-control-request-headers"],
+        ),
+      );
+    }
+  });
+  devtools.on("Network.responseReceived", ({ type, response }) => {
+    if (type === "Preflight" && response.url.startsWith(serviceUrl)) {
+      seen.preflights.push({
+        status: response.status,
+        headers: corsHeadersOf(response.headers),
+      });
+    }
+  });
+  devtools.on("Network.loadingFailed", ({ corsErrorStatus }) => {
+    if (corsErrorStatus) seen.corsErrors.push(corsErrorStatus.corsError);
+  });
+  return seen;
 }

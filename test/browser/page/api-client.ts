@@ -1,4 +1,9 @@
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type Interceptor,
+} from "@connectrpc/connect";
 import {
   createConnectTransport,
   createGrpcWebTransport,
@@ -13,14 +18,31 @@ import {
 const baseUrl =
   new URLSearchParams(window.location.search).get("api") ??
   window.location.origin;
+
+/** The bearer token the page sends with every call; none until `useToken`. */
+let bearerToken: string | undefined;
+
+/** Adds `authorization: Bearer <token>` to each call once a token is set. */
+const sendBearerToken: Interceptor = (next) => (request) => {
+  if (bearerToken !== undefined) {
+    request.header.set("authorization", `Bearer ${bearerToken}`);
+  }
+  return next(request);
+};
+
 const lifecycle = createClient(
   LifecycleService,
-  createConnectTransport({ baseUrl }),
+  createConnectTransport({ baseUrl, interceptors: [sendBearerToken] }),
 );
 const lifecycleOverGrpcWeb = createClient(
   LifecycleService,
-  createGrpcWebTransport({ baseUrl }),
+  createGrpcWebTransport({ baseUrl, interceptors: [sendBearerToken] }),
 );
+
+/** Sends `token` as the bearer token of every call from now on. */
+function useToken(token: string) {
+  bearerToken = token;
+}
 
 /** A call's outcome as plain data the test can compare. */
 type Outcome<T> =
@@ -40,9 +62,14 @@ async function outcome<T>(call: () => Promise<T>): Promise<Outcome<T>> {
   }
 }
 
+/** The client of `protocol`: "connect", or "grpc-web". */
+function clientOf(protocol: string) {
+  return protocol === "grpc-web" ? lifecycleOverGrpcWeb : lifecycle;
+}
+
 /** List on Connect, or on gRPC-Web with `protocol` "grpc-web". */
 function list(deckyName: string, pageToken = "", protocol = "connect") {
-  const client = protocol === "grpc-web" ? lifecycleOverGrpcWeb : lifecycle;
+  const client = clientOf(protocol);
   return outcome(async () => {
     const response = await client.list({ deckyName, pageToken });
     return response.rows.map((row) => ({
@@ -54,15 +81,16 @@ function list(deckyName: string, pageToken = "", protocol = "connect") {
 }
 
 /**
- * Watches the open rows of `deckyName` until `count` messages came; calls
+ * Watches the open rows of `deckyName` until `count` messages came, on
+ * Connect or, with `protocol` "grpc-web", gRPC-Web; calls
  * `window.onWatchMessage` with each so the test can act between them.
  */
-function watch(deckyName: string, count: number) {
+function watch(deckyName: string, count: number, protocol = "connect") {
   return outcome(async () => {
     const seen: string[] = [];
     const stop = new AbortController();
     try {
-      for await (const message of lifecycle.watch(
+      for await (const message of clientOf(protocol).watch(
         { deckyName },
         { signal: stop.signal },
       )) {
@@ -84,4 +112,4 @@ function watch(deckyName: string, count: number) {
   });
 }
 
-Object.assign(window, { lifecycle: { list, watch } });
+Object.assign(window, { lifecycle: { useToken, list, watch } });
