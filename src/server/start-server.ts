@@ -24,6 +24,7 @@ import {
 } from "../storage/lifecycle-reads.js";
 import { loadServiceSecret } from "../storage/service-secrets.js";
 import { withCors } from "./cors.js";
+import { withSpecGrpcMessage } from "./grpc-message.js";
 import { startHistoryPruner } from "./history-pruner.js";
 import { createDualProtocolListener } from "./listener.js";
 import { startSweeper } from "./sweeper.js";
@@ -147,7 +148,7 @@ async function serve(
         .set(peerCertificateKey, peerCertificateFingerprint(request)),
   });
   const listener = createDualProtocolListener(
-    withCors(handler, settings.corsAllowedOrigins),
+    withCors(withSpecGrpcMessage(handler), settings.corsAllowedOrigins),
     settings.tls,
     (failure) => logger.warn(failure, "TLS handshake failed"),
   );

@@ -167,3 +167,29 @@ test("a raw grpc-js worker's Heartbeat messages reach a Connect watcher one by o
     worker.close();
   }
 });
+
+test("a grpc-js worker reads error messages as the server wrote them, punctuation and non-ASCII included", async () => {
+  const odd = "host: ünï ✓, a;b/c?d@e&f=g+h$i#j%k";
+  const worker = new GrpcClient(
+    `127.0.0.1:${server.server.port}`,
+    credentials.createInsecure(),
+  );
+  try {
+    const heartbeat = openHeartbeat(worker);
+    heartbeat.call.write(
+      create(HeartbeatRequestSchema, { hostUuid: odd, agentVersion: "a/1" }),
+    );
+    heartbeat.call.end();
+    const failure = await heartbeat.response.then(
+      () => undefined,
+      (error: { code: number; details: string }) => error,
+    );
+
+    expect([failure?.code, failure?.details]).toEqual([
+      3,
+      `host_uuid ${JSON.stringify(odd)} is not a UUID`,
+    ]);
+  } finally {
+    worker.close();
+  }
+});
