@@ -37,8 +37,13 @@ export type WorkerClientConnection =
   | { transport: Transport }
   | {
       baseUrl: string;
-      /** The host's worker token, sent as `Authorization: Bearer`. */
-      token?: string | undefined;
+      /**
+       * The host's worker token, sent as `Authorization: Bearer`. A
+       * function is asked again for every stream, so that a worker takes
+       * a rotated token without a restart (read from a file that the
+       * operator replaces, say).
+       */
+      token?: string | (() => string | Promise<string>) | undefined;
     };
 
 /** Options of `new WorkerClient(...)`. */
@@ -207,8 +212,10 @@ export class WorkerClient {
           token === undefined
             ? []
             : [
-                (next) => (request) => {
-                  request.header.set("authorization", `Bearer ${token}`);
+                (next) => async (request) => {
+                  const text =
+                    typeof token === "string" ? token : await token();
+                  request.header.set("authorization", `Bearer ${text}`);
                   return next(request);
                 },
               ],

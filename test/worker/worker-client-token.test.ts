@@ -1,5 +1,5 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
-import { beforeAll, expect, test } from "vitest";
+import { beforeAll, expect, test, vi } from "vitest";
 import {
   type Lifecycle,
   Operation,
@@ -84,4 +84,48 @@ test("WorkerClient with a token the server does not know is refused with UNAUTHE
   expect(errors[0]!.code).toBe(Code.Unauthenticated);
   const { rows } = await admin.lifecycle.list({ ids: [row.id] });
   expect(rows[0]!.status).toBe(Status.PENDING);
+});
+
+test("WorkerClient whose token is a function takes its host's rotated token on the next stream, and loses no delta", async () => {
+  const enrolled = await admin.hosts.enrollHost({ name: "web-3" });
+  const hostUuid = enrolled.host!.hostUuid;
+  const row = await acceptOn(hostUuid);
+  let current = enrolled.token;
+  const errors: string[] = [];
+  const worker = new WorkerClient({
+    baseUrl: server.url,
+    token: () => current,
+    hostUuid,
+    agentVersion: "token-test/1",
+    intervalMs: 50,
+    reconnectMinMs: 20,
+    reconnectMaxMs: 100,
+    onError: (error) => errors.push(`${Code[error.code]}: ${error.rawMessage}`),
+  });
+  worker.start();
+  const target = {
+    deckyName: row.deckyName,
+    operation: Operation.DEPLOY,
+    lifecycleId: row.id,
+  };
+  worker.running(target);
+  await vi.waitFor(async () => {
+    const { rows } = await admin.lifecycle.list({ ids: [row.id] });
+    expect(rows[0]!.status).toBe(Status.RUNNING);
+  });
+
+  const rotated = await admin.hosts.rotateHostToken({ hostUuid });
+  worker.succeeded(target);
+  await vi.waitFor(() => expect(errors.length).toBeGreaterThan(0));
+  current = rotated.token;
+  const totals = await worker.stop({ timeoutMs: 5_000 });
+
+  // Refused on the stream open at the rotation, or on the next one.
+  expect([
+    `Unauthenticated: the token of this stream was revoked; reconnect with host ${hostUuid}'s new token`,
+    "Unauthenticated: the bearer token was revoked",
+  ]).toContain(errors[0]);
+  expect(totals.unacknowledged).toBe(0);
+  const { rows } = await admin.lifecycle.list({ ids: [row.id] });
+  expect(rows.map((r) => Status[r.status])).toEqual(["SUCCEEDED"]);
 });
