@@ -13,7 +13,7 @@ import {
 } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import type { EntityManager } from "@mikro-orm/postgresql";
-import { Command, Option } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import {
   DecommissionHostResponseSchema,
@@ -82,12 +82,25 @@ function warnShownOnce(): void {
   );
 }
 
+/** `--url` as given, once it is an http:// or https:// URL. */
+function parseUrl(value: string): string {
+  const protocol = URL.canParse(value) ? new URL(value).protocol : undefined;
+  if (protocol !== "http:" && protocol !== "https:") {
+    throw new InvalidArgumentError(
+      "It must be an http:// or https:// URL, such as http://127.0.0.1:8080.",
+    );
+  }
+  return value;
+}
+
 /** The options every command that calls the server takes. */
 function withConnection(command: Command, defaultUrl?: string): Command {
   const url = new Option(
     "--url <url>",
     "the server's base URL, such as http://127.0.0.1:8080",
-  ).env("DECKY_URL");
+  )
+    .env("DECKY_URL")
+    .argParser(parseUrl);
   return command
     .addOption(defaultUrl === undefined ? url : url.default(defaultUrl))
     .addOption(

@@ -8,6 +8,7 @@ import {
 import { describeCause } from "../logging/describe-cause.js";
 import { createLogger } from "../logging/logger.js";
 import { type RunningServer, startServer } from "../server/start-server.js";
+import { DataDirError } from "../storage/embedded-database.js";
 
 const bootLogger = createLogger("info");
 let settings: Settings;
@@ -66,8 +67,12 @@ try {
     logger.fatal(error.message);
     process.exit(2);
   }
-  // DATA_DIR is the operator's own choice; a message may name it.
-  const cause = describeCause(error, [resolve(settings.dataDir)]);
+  // DATA_DIR is the operator's own choice; a message may name it, and a
+  // DATA_DIR that cannot be used names the part of it at fault.
+  const cause = describeCause(error, [
+    resolve(settings.dataDir),
+    ...(error instanceof DataDirError ? [error.path] : []),
+  ]);
   logger.fatal(
     { cause },
     `could not start: ${cause?.message ?? String(error)}`,

@@ -43,27 +43,28 @@ interface Framing {
  * Checked for every protocol: protobuf that does not parse, strings that are
  * not UTF-8, JSON that is not UTF-8 or holds an unpaired surrogate, envelopes
  * marked compressed that do not decompress, and a unary or server-streaming
- * call with no message or more than one. Size limits stay connect's: the
- * checks read with the same `readMaxBytes`, so a message over it fails with
- * RESOURCE_EXHAUSTED exactly as it would without them.
+ * call with no message or more than one. The checks read with connect's own
+ * limit, `receiveMaxBytes` (RECEIVE_MAX_BYTES), so a message over it fails
+ * with RESOURCE_EXHAUSTED before connect reads it, in words that name the
+ * setting rather than connect's option.
  */
 export function checkRequestDecoding(
   routes: (router: ConnectRouter) => void,
-  readMaxBytes: number,
+  receiveMaxBytes: number,
 ): (router: ConnectRouter) => void {
   return (router) => {
     routes(router);
     // connectNodeAdapter serves the handlers the router holds once `routes`
     // has returned.
     for (const [index, handler] of router.handlers.entries()) {
-      router.handlers[index] = checkedHandler(handler, readMaxBytes);
+      router.handlers[index] = checkedHandler(handler, receiveMaxBytes);
     }
   };
 }
 
 function checkedHandler(
   handler: UniversalHandler,
-  readMaxBytes: number,
+  receiveMaxBytes: number,
 ): UniversalHandler {
   const { method } = handler;
   const single =
@@ -76,15 +77,45 @@ function checkedHandler(
       framing.binary
         ? checkBinary(method.input, data)
         : checkJson(method.input, data);
-    const body = framing.enveloped
-      ? checkEnvelopes(original, framing, check, readMaxBytes, {
-          single,
-          name: method.name,
-        })
-      : checkWholeBody(original, request.header, framing, check, readMaxBytes);
-    return handler({ ...request, body });
+    if (framing.enveloped) {
+      const body = checkEnvelopes(original, framing, check, receiveMaxBytes, {
+        single,
+        name: method.name,
+      });
+      return handler({ ...request, body });
+    }
+    const { header } = request;
+    const body = checkWholeBody(
+      original,
+      header,
+      framing,
+      check,
+      receiveMaxBytes,
+    );
+    return handler({
+      ...request,
+      header: withoutOverLimitLength(header, receiveMaxBytes),
+      body,
+    });
   };
   return Object.assign(checked, handler);
+}
+
+/**
+ * `header` without a Content-Length over the limit. connect refuses such a
+ * length before it reads the body, in words that name its own option;
+ * without it, connect reads the body, whose check refuses the message
+ * naming RECEIVE_MAX_BYTES.
+ */
+function withoutOverLimitLength(
+  header: Headers,
+  receiveMaxBytes: number,
+): Headers {
+  const name = connectProtocol.headerUnaryContentLength;
+  if (!(Number(header.get(name)) > receiveMaxBytes)) return header;
+  const kept = new Headers(header);
+  kept.delete(name);
+  return kept;
 }
 
 function isByteStream(body: unknown): body is AsyncIterable<Uint8Array> {
@@ -151,16 +182,13 @@ async function* checkEnvelopes(
   body: AsyncIterable<Uint8Array>,
   framing: Framing,
   check: (data: Uint8Array) => void,
-  readMaxBytes: number,
+  receiveMaxBytes: number,
   method: { readonly single: boolean; readonly name: string },
 ): AsyncGenerator<Uint8Array> {
   let messages = 0;
-  const envelopes: AsyncIterable<EnvelopedMessage> = pipe(
-    body,
-    transformSplitEnvelope(readMaxBytes),
-  );
+  const envelopes = splitEnvelopes(body, receiveMaxBytes);
   for await (const envelope of envelopes) {
-    const data = await decompressed(envelope, framing, readMaxBytes);
+    const data = await decompressed(envelope, framing, receiveMaxBytes);
     const { endFlag } = framing;
     if (endFlag === undefined || (envelope.flags & endFlag) !== endFlag) {
       messages += 1;
@@ -180,22 +208,36 @@ async function* checkEnvelopes(
   }
 }
 
+/** The envelopes of `body`, each at most `receiveMaxBytes` long. */
+async function* splitEnvelopes(
+  body: AsyncIterable<Uint8Array>,
+  receiveMaxBytes: number,
+): AsyncGenerator<EnvelopedMessage> {
+  try {
+    yield* pipe(body, transformSplitEnvelope(receiveMaxBytes));
+  } catch (error) {
+    throw overReceiveLimit(error, receiveMaxBytes);
+  }
+}
+
 /** A unary Connect body, checked whole before it is passed on. */
 async function* checkWholeBody(
   body: AsyncIterable<Uint8Array>,
   header: Headers,
   framing: Framing,
   check: (data: Uint8Array) => void,
-  readMaxBytes: number,
+  receiveMaxBytes: number,
 ): AsyncGenerator<Uint8Array> {
   const bytes = await readAllBytes(
     body,
-    readMaxBytes,
+    receiveMaxBytes,
     header.get(connectProtocol.headerUnaryContentLength),
-  );
+  ).catch((error: unknown) => {
+    throw overReceiveLimit(error, receiveMaxBytes);
+  });
   check(
     framing.compression
-      ? await decompress(framing.compression, bytes, readMaxBytes)
+      ? await decompress(framing.compression, bytes, receiveMaxBytes)
       : bytes,
   );
   yield bytes;
@@ -204,7 +246,7 @@ async function* checkWholeBody(
 async function decompressed(
   envelope: EnvelopedMessage,
   framing: Framing,
-  readMaxBytes: number,
+  receiveMaxBytes: number,
 ): Promise<Uint8Array> {
   if ((envelope.flags & compressedFlag) !== compressedFlag) {
     return envelope.data;
@@ -214,23 +256,54 @@ async function decompressed(
       "a request message is marked compressed, but the request names no compression",
     );
   }
-  return decompress(framing.compression, envelope.data, readMaxBytes);
+  return decompress(framing.compression, envelope.data, receiveMaxBytes);
 }
 
 async function decompress(
   compression: Compression,
   data: Uint8Array,
-  readMaxBytes: number,
+  receiveMaxBytes: number,
 ): Promise<Uint8Array> {
   try {
-    return await compression.decompress(data, readMaxBytes);
+    return await compression.decompress(data, receiveMaxBytes);
   } catch (error) {
-    // Over the size limit after decompression: connect's own error.
-    if (ConnectError.from(error).code === Code.ResourceExhausted) throw error;
+    const overLimit = overReceiveLimit(error, receiveMaxBytes, true);
+    if (overLimit !== error) throw overLimit;
     throw invalidRequest(
       `a request message is not valid ${compression.name} data`,
     );
   }
+}
+
+/**
+ * `error`, when it is connect's refusal of a message over the limit, which
+ * names connect's option (readMaxBytes), as the caller should read it:
+ * naming RECEIVE_MAX_BYTES, the setting the limit comes from. Anything else
+ * is returned as it is.
+ */
+function overReceiveLimit(
+  error: unknown,
+  receiveMaxBytes: number,
+  afterDecompression = false,
+): unknown {
+  if (
+    !(error instanceof ConnectError) ||
+    error.code !== Code.ResourceExhausted
+  ) {
+    return error;
+  }
+  // connect states the size when it knows it beforehand, from an envelope's
+  // header or the Content-Length; otherwise it stopped reading at the limit.
+  const size = /^message size (\d+) /.exec(error.rawMessage)?.[1];
+  const found =
+    size === undefined ? `over ${receiveMaxBytes} bytes` : `${size} bytes`;
+  return new ConnectError(
+    `the request message is ${found}${afterDecompression ? " once decompressed" : ""}; RECEIVE_MAX_BYTES allows at most ${receiveMaxBytes}`,
+    Code.ResourceExhausted,
+    undefined,
+    undefined,
+    error,
+  );
 }
 
 function invalidRequest(message: string): ConnectError {

@@ -1,10 +1,35 @@
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
 import type { Logger } from "pino";
 import lockfile from "proper-lockfile";
 import { describeCause } from "../logging/describe-cause.js";
+
+/** DATA_DIR names a path where no directory can be created or used. */
+export class DataDirError extends Error {
+  /** The errno code of the failure, such as EEXIST or ENOTDIR. */
+  readonly code: string | undefined;
+  /** The path at fault: DATA_DIR itself, or a part of it that is a file. */
+  readonly path: string;
+
+  constructor(dataDir: string, problem: Problem, options: ErrorOptions) {
+    super(
+      `DATA_DIR ${dataDir} cannot be used: ${problem.reason}; set DATA_DIR to another directory`,
+      options,
+    );
+    this.name = "DataDirError";
+    this.code = problem.code;
+    this.path = problem.path;
+  }
+}
+
+/** Why DATA_DIR cannot be used, and the path that is the reason. */
+interface Problem {
+  readonly reason: string;
+  readonly code: string | undefined;
+  readonly path: string;
+}
 
 /** The embedded PostgreSQL, served on a socket that only this process uses. */
 export interface EmbeddedDatabase {
@@ -41,7 +66,7 @@ export async function openEmbeddedDatabase(
 ): Promise<EmbeddedDatabase> {
   const startedAt = Date.now();
   const dir = resolve(dataDir);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await createDataDir(dir);
   const releaseLock = await lockDataDir(dir, logger);
 
   let db: PGlite | undefined;
@@ -89,6 +114,49 @@ export async function openEmbeddedDatabase(
     await releaseLock();
     throw err;
   }
+}
+
+/** Creates `dir` if it is missing; a DataDirError if it cannot be. */
+async function createDataDir(dir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new DataDirError(dir, await problemOf(dir, err), { cause: err });
+  }
+}
+
+/** What made `mkdir` fail on `dir`, in words that name the path at fault. */
+async function problemOf(dir: string, err: unknown): Promise<Problem> {
+  const { code, message } = err as NodeJS.ErrnoException;
+  if (code === "EEXIST") {
+    return { reason: `it is ${await notADirectory(dir)}`, code, path: dir };
+  }
+  if (code === "ENOTDIR") {
+    // A path above `dir` is not a directory: the nearest that exists.
+    for (
+      let path = dirname(dir);
+      path !== dirname(path);
+      path = dirname(path)
+    ) {
+      const found = await stat(path).catch(() => undefined);
+      if (found?.isDirectory() === false) {
+        return {
+          reason: `${path} is ${await notADirectory(path)}`,
+          code,
+          path,
+        };
+      }
+    }
+  }
+  // The system's words without the path they repeat: "EACCES: permission
+  // denied", say.
+  return { reason: message.replace(/, mkdir '.*'$/, ""), code, path: dir };
+}
+
+/** What `path`, which is not a directory, is instead, as far as it matters. */
+async function notADirectory(path: string): Promise<string> {
+  const found = await stat(path).catch(() => undefined);
+  return found?.isFile() ? "a file, not a directory" : "not a directory";
 }
 
 async function serve(

@@ -239,3 +239,36 @@ test("the CLI says how to go on when the embedded database is held by a running 
   await server.close();
   server = undefined;
 });
+
+test.each([
+  [
+    ["--url", "notaurl"],
+    {},
+    "error: option '--url <url>' argument 'notaurl' is invalid. It must be an http:// or https:// URL, such as http://127.0.0.1:8080.",
+  ],
+  [
+    ["--url", "ftp://127.0.0.1:8080"],
+    {},
+    "error: option '--url <url>' argument 'ftp://127.0.0.1:8080' is invalid. It must be an http:// or https:// URL, such as http://127.0.0.1:8080.",
+  ],
+  [
+    [],
+    { DECKY_URL: "notaurl" },
+    "error: option '--url <url>' value 'notaurl' from env 'DECKY_URL' is invalid. It must be an http:// or https:// URL, such as http://127.0.0.1:8080.",
+  ],
+])(
+  "the CLI refuses a server URL that is not http:// or https:// (%j %j), naming the option and the value, before calling anything",
+  { timeout: 60_000 },
+  async (args, env, problem) => {
+    const run = await cli(["host", "list", ...args], env);
+
+    expect(run.code).toBe(1);
+    expect(run.stdout).toBe("");
+    const [first, blank, usage] = run.stderr.split("\n");
+    expect([first, blank, usage]).toEqual([
+      problem,
+      "",
+      "Usage: cli host list [options]",
+    ]);
+  },
+);

@@ -414,7 +414,7 @@ test.each(["grpc", "grpc-web", "connect"] as const)(
 
     expect(outcome(answer)).toEqual({
       code: Code.ResourceExhausted,
-      message: `message size ${message.length} is larger than configured readMaxBytes ${4 * MIB}`,
+      message: `the request message is ${message.length} bytes; RECEIVE_MAX_BYTES allows at most ${4 * MIB}`,
     });
     expect(await rowsNamed(name)).toEqual([]);
   },
@@ -434,7 +434,7 @@ test("a Heartbeat message over the receive limit ends the stream with RESOURCE_E
 
   expect(outcome(answer)).toEqual({
     code: Code.ResourceExhausted,
-    message: `message size ${message.length} is larger than configured readMaxBytes ${4 * MIB}`,
+    message: `the request message is ${message.length} bytes; RECEIVE_MAX_BYTES allows at most ${4 * MIB}`,
   });
   expect(await statusOf(row.id)).toBe(Status.PENDING);
 });
@@ -469,7 +469,7 @@ test("a gzip message that inflates past the receive limit is RESOURCE_EXHAUSTED"
 
   expect(outcome(answer)).toEqual({
     code: Code.ResourceExhausted,
-    message: `message is larger than configured readMaxBytes ${4 * MIB} after decompression`,
+    message: `the request message is over ${4 * MIB} bytes once decompressed; RECEIVE_MAX_BYTES allows at most ${4 * MIB}`,
   });
 });
 

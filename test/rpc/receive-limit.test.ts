@@ -1,3 +1,4 @@
+import { gzipSync } from "node:zlib";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { afterAll, expect, test } from "vitest";
@@ -48,7 +49,7 @@ test.each([
 
     expect({ code: answer.code, message: answer.message }).toEqual({
       code: Code.ResourceExhausted,
-      message: `message size ${LIMIT + 1} is larger than configured readMaxBytes ${LIMIT}`,
+      message: `the request message is ${LIMIT + 1} bytes; RECEIVE_MAX_BYTES allows at most ${LIMIT}`,
     });
     expect(listed.rows).toEqual([]);
   },
@@ -69,3 +70,55 @@ test("with RECEIVE_MAX_BYTES set, a message of exactly that size is read and val
     message: "page_token is not a token this service issued",
   });
 });
+
+test("with RECEIVE_MAX_BYTES set, a Connect body of unstated length is refused once more than that has arrived", async () => {
+  const name = deckyName();
+  const message = toBinary(
+    AcceptRequestSchema,
+    create(AcceptRequestSchema, {
+      operation: Operation.DEPLOY,
+      targets: [{ deckyName: name }],
+      requestId: "x".repeat(2 * LIMIT),
+    }),
+  );
+
+  // Chunked, with no Content-Length: the size is known only as it arrives.
+  const answer = await rawCall(server.url, "connect-proto", "Accept", message, {
+    headers: { "transfer-encoding": "chunked" },
+  });
+  const listed = await server.grpc.list({ deckyName: name });
+
+  expect({ code: answer.code, message: answer.message }).toEqual({
+    code: Code.ResourceExhausted,
+    message: `the request message is over ${LIMIT} bytes; RECEIVE_MAX_BYTES allows at most ${LIMIT}`,
+  });
+  expect(listed.rows).toEqual([]);
+});
+
+test.each([
+  ["grpc", true, { "grpc-encoding": "gzip" }],
+  ["connect-proto", false, { "content-encoding": "gzip" }],
+] as const)(
+  "with RECEIVE_MAX_BYTES set, a gzip message that inflates past it is RESOURCE_EXHAUSTED over %s, saying so",
+  async (protocol, enveloped, headers) => {
+    const message = toBinary(
+      ListRequestSchema,
+      create(ListRequestSchema, { pageToken: "t".repeat(2 * LIMIT) }),
+    );
+    const compressed = gzipSync(message);
+    expect(compressed.length).toBeLessThan(LIMIT);
+
+    const answer = await rawCall(
+      server.url,
+      protocol,
+      "List",
+      enveloped ? envelope(compressed, 1) : compressed,
+      { headers },
+    );
+
+    expect({ code: answer.code, message: answer.message }).toEqual({
+      code: Code.ResourceExhausted,
+      message: `the request message is over ${LIMIT} bytes once decompressed; RECEIVE_MAX_BYTES allows at most ${LIMIT}`,
+    });
+  },
+);

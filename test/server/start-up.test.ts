@@ -1,6 +1,6 @@
 import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -224,6 +224,46 @@ test(
     } finally {
       taken.close();
     }
+  },
+  PROCESS_TIMEOUT_MS,
+);
+
+test.each([
+  {
+    what: "is a file",
+    under: "afile",
+    code: "EEXIST",
+    reason: () => "it is a file, not a directory",
+  },
+  {
+    what: "lies under a file",
+    under: "afile/sub/db",
+    code: "ENOTDIR",
+    reason: (dir: string) => `${dir}/afile is a file, not a directory`,
+  },
+])(
+  "a DATA_DIR that $what makes the server exit with status 1 and one line naming DATA_DIR, the path and the reason",
+  async ({ under, code, reason }) => {
+    const dir = await newDataDir();
+    await writeFile(join(dir, "afile"), "not a directory\n");
+    const dataDir = join(dir, under);
+
+    const server = spawnServer({ DATA_DIR: dataDir, PORT: "0" });
+    const exit = await server.exited;
+
+    expect(exit).toEqual({ code: 1, signal: null });
+    const problem = `DATA_DIR ${dataDir} cannot be used: ${reason(dir)}; set DATA_DIR to another directory`;
+    expect(
+      server.log
+        .filter((line) => line.level >= 50)
+        .map((line) => [line.msg, line.cause]),
+    ).toEqual([
+      [
+        `could not start: ${problem}`,
+        { type: "DataDirError", code, message: problem },
+      ],
+    ]);
+    expect(server.stderr()).toBe("");
   },
   PROCESS_TIMEOUT_MS,
 );
