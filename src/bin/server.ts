@@ -22,23 +22,14 @@ try {
 const logger = createLogger(settings.logLevel);
 
 /**
- * Stops the server and exits 0, or 1 if the stop fails or outlasts
- * SHUTDOWN_DEADLINE_MS: a supervisor then knows that calls or the database
- * may have been cut rather than finished and closed.
+ * Stops the server and exits 0, or 1 if the stop fails. The signal's
+ * deadline exits 1 if start-up and the stop outlast SHUTDOWN_DEADLINE_MS: a
+ * supervisor then knows that calls or the database may have been cut rather
+ * than finished and closed.
  */
 function stopAndExit(server: RunningServer): void {
-  const deadline = setTimeout(() => {
-    logger.error(
-      { shutdownDeadlineMs: settings.shutdownDeadlineMs },
-      "could not stop within SHUTDOWN_DEADLINE_MS; exiting anyway",
-    );
-    process.exit(1);
-  }, settings.shutdownDeadlineMs);
   server.close().then(
-    () => {
-      clearTimeout(deadline);
-      process.exit(0);
-    },
+    () => process.exit(0),
     (error: unknown) => {
       logger.error({ cause: describeCause(error) }, "could not stop cleanly");
       process.exit(1);
@@ -54,6 +45,14 @@ let stopRequested = false;
 const stop = (signal: NodeJS.Signals) => {
   logger.info({ signal }, "stopping");
   stopRequested = true;
+  // From the signal on, start-up and the stop together have the deadline.
+  setTimeout(() => {
+    logger.error(
+      { shutdownDeadlineMs: settings.shutdownDeadlineMs },
+      "could not stop within SHUTDOWN_DEADLINE_MS; exiting anyway",
+    );
+    process.exit(1);
+  }, settings.shutdownDeadlineMs);
   if (running) stopAndExit(running);
 };
 process.once("SIGTERM", stop);

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { afterAll, afterEach, beforeAll, expect, test } from "vitest";
+import { afterAll, afterEach, beforeAll, expect, test, vi } from "vitest";
 import {
   LifecycleService,
   Operation,
@@ -264,6 +264,41 @@ test.each([
       ],
     ]);
     expect(server.stderr()).toBe("");
+  },
+  PROCESS_TIMEOUT_MS,
+);
+
+test(
+  "SIGTERM while start-up waits on a database that never answers exits with status 1 at SHUTDOWN_DEADLINE_MS",
+  async () => {
+    const sockets: net.Socket[] = [];
+    const silent = net.createServer((socket) => sockets.push(socket));
+    silent.listen(0, "127.0.0.1");
+    await new Promise((resolve) => silent.once("listening", resolve));
+    const { port } = silent.address() as net.AddressInfo;
+    try {
+      const server = spawnServer({
+        DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/silent`,
+        DATABASE_TIMEOUT_MS: "60000",
+        SHUTDOWN_DEADLINE_MS: "1000",
+        PORT: "0",
+      });
+      await vi.waitFor(() => expect(sockets.length).toBeGreaterThan(0), {
+        timeout: 30_000,
+      });
+
+      server.child.kill("SIGTERM");
+      const exit = await server.exited;
+
+      expect(exit).toEqual({ code: 1, signal: null });
+      expect(server.log.map((line) => line.msg).slice(-2)).toEqual([
+        "stopping",
+        "could not stop within SHUTDOWN_DEADLINE_MS; exiting anyway",
+      ]);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      silent.close();
+    }
   },
   PROCESS_TIMEOUT_MS,
 );
