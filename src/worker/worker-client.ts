@@ -4,12 +4,8 @@ import {
   Code,
   ConnectError,
   createClient,
-  type Transport,
 } from "@connectrpc/connect";
-import {
-  createGrpcTransport,
-  Http2SessionManager,
-} from "@connectrpc/connect-node";
+import type { Http2SessionManager } from "@connectrpc/connect-node";
 import pRetry from "p-retry";
 import type { Logger } from "pino";
 import {
@@ -22,6 +18,20 @@ import {
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import { HeartbeatStream } from "./heartbeat-stream.js";
 import { Outbox } from "./outbox.js";
+import { connectToServer } from "./server-connection.js";
+import {
+  DEFAULT_STOP_TIMEOUT_MS,
+  type Limits,
+  limitsOf,
+  type StopOptions,
+  type WorkerClientOptions,
+} from "./worker-client-options.js";
+
+export type { WorkerClientConnection } from "./server-connection.js";
+export type {
+  StopOptions,
+  WorkerClientOptions,
+} from "./worker-client-options.js";
 
 /** What `report` takes: a LifecycleDelta in its init shape. */
 export type LifecycleDeltaInit = MessageInitShape<typeof LifecycleDeltaSchema>;
@@ -31,82 +41,6 @@ export type DeltaTarget = Omit<
   LifecycleDeltaInit,
   "$typeName" | "status" | "error"
 >;
-
-/** How to reach the server: a transport of your own, or a base URL. */
-export type WorkerClientConnection =
-  | { transport: Transport }
-  | {
-      baseUrl: string;
-      /**
-       * The host's worker token, sent as `Authorization: Bearer`. A
-       * function is asked again for every stream, so that a worker takes
-       * a rotated token without a restart (read from a file that the
-       * operator replaces, say).
-       */
-      token?: string | (() => string | Promise<string>) | undefined;
-    };
-
-/** Options of `new WorkerClient(...)`. */
-export type WorkerClientOptions = WorkerClientConnection & {
-  /** The worker host; every message carries it. */
-  hostUuid: string;
-  /** The worker agent's version; every message carries it. */
-  agentVersion: string;
-  /**
-   * The outbox file: every reported delta is written there before `report`
-   * returns and stays until the server has acknowledged it, so a worker
-   * restarted on the same file sends again what was not acknowledged.
-   * Unset: the outbox is kept in memory and dies with the process.
-   */
-  outboxPath?: string;
-  /** Milliseconds between heartbeat messages; 5000 when unset. */
-  intervalMs?: number;
-  /**
-   * A stream is closed, and its deltas acknowledged, once it has sent this
-   * many messages, or `streamDeltas` deltas, or been open `streamMs`,
-   * whichever comes first; then a new one opens. 100 when unset.
-   */
-  streamMessages?: number;
-  /**
-   * Deltas one stream carries at most; the rest wait for the next one, so
-   * that what a failed stream leaves to send again stays bounded. 500 when
-   * unset.
-   */
-  streamDeltas?: number;
-  /** Milliseconds a stream stays open at most; 30000 when unset. */
-  streamMs?: number;
-  /**
-   * Milliseconds to wait for the server's answer once a stream is closed,
-   * before it counts as failed; 30000 when unset.
-   */
-  responseTimeoutMs?: number;
-  /** Delay before the first reconnection attempt; 250 ms when unset. */
-  reconnectMinMs?: number;
-  /** Longest delay between reconnection attempts; 30000 ms when unset. */
-  reconnectMaxMs?: number;
-  /** Receives debug lines about the streams. */
-  logger?: Logger;
-  /**
-   * Called for every stream that fails; the client reconnects after a
-   * delay and sends again every delta not yet acknowledged.
-   */
-  onError?: (error: ConnectError) => void;
-  /**
-   * Called for every delta the server read but did not apply (a replay, a
-   * row already terminal, a row of another host...), once its stream has
-   * closed; the delta then leaves the outbox like an applied one.
-   */
-  onOutcome?: (outcome: DeltaOutcome, delta: LifecycleDelta) => void;
-};
-
-/** Options of `stop()`. */
-export interface StopOptions {
-  /**
-   * Milliseconds to keep trying to get the outbox acknowledged; what is
-   * left then stays in the outbox file for the next start. 10000 when unset.
-   */
-  timeoutMs?: number;
-}
 
 /** What the server acknowledged over the client's life, from `stop()`. */
 export interface WorkerClientTotals {
@@ -123,30 +57,6 @@ export interface WorkerClientTotals {
 }
 
 type State = "new" | "running" | "stopping" | "stopped";
-
-const DEFAULTS = {
-  intervalMs: 5000,
-  streamMessages: 100,
-  streamDeltas: 500,
-  streamMs: 30_000,
-  responseTimeoutMs: 30_000,
-  reconnectMinMs: 250,
-  reconnectMaxMs: 30_000,
-  stopTimeoutMs: 10_000,
-};
-
-/** Options that must be positive numbers: milliseconds, messages, deltas. */
-const POSITIVE_OPTIONS = [
-  "intervalMs",
-  "streamMessages",
-  "streamDeltas",
-  "streamMs",
-  "responseTimeoutMs",
-  "reconnectMinMs",
-  "reconnectMaxMs",
-] as const;
-
-type Limits = { [K in (typeof POSITIVE_OPTIONS)[number]]: number };
 
 /**
  * The client a worker agent embeds. Every delta it is given goes first into
@@ -185,48 +95,14 @@ export class WorkerClient {
   #totals = { streams: 0, messages: 0, applied: 0, notApplied: 0 };
 
   constructor(options: WorkerClientOptions) {
-    const limits = { ...DEFAULTS };
-    for (const name of POSITIVE_OPTIONS) {
-      const value = options[name] ?? DEFAULTS[name];
-      if (!Number.isFinite(value) || value <= 0) {
-        throw new RangeError(
-          `${name} must be a positive number, got ${options[name]}`,
-        );
-      }
-      limits[name] = value;
-    }
-
-    let transport: Transport;
-    if ("transport" in options) {
-      transport = options.transport;
-    } else {
-      // A session of our own, so that a failed stream can drop a dead
-      // connection and stop() can close it; a transport passed in belongs
-      // to the caller and stays open.
-      this.#ownSession = new Http2SessionManager(options.baseUrl);
-      const { token } = options;
-      transport = createGrpcTransport({
-        baseUrl: options.baseUrl,
-        sessionManager: this.#ownSession,
-        interceptors:
-          token === undefined
-            ? []
-            : [
-                (next) => async (request) => {
-                  const text =
-                    typeof token === "string" ? token : await token();
-                  request.header.set("authorization", `Bearer ${text}`);
-                  return next(request);
-                },
-              ],
-      });
-    }
-
+    // Limits first: a bad one throws before a session is made.
+    this.#limits = limitsOf(options);
+    const { transport, ownSession } = connectToServer(options);
     this.#client = createClient(LifecycleService, transport);
+    this.#ownSession = ownSession;
     this.#hostUuid = options.hostUuid;
     this.#agentVersion = options.agentVersion;
     this.#outboxPath = options.outboxPath;
-    this.#limits = limits;
     this.#log = options.logger?.child({ hostUuid: options.hostUuid });
     this.#onError = options.onError;
     this.#onOutcome = options.onOutcome;
@@ -305,7 +181,7 @@ export class WorkerClient {
    * Calling it again returns the same promise.
    */
   stop(options: StopOptions = {}): Promise<WorkerClientTotals> {
-    const timeoutMs = options.timeoutMs ?? DEFAULTS.stopTimeoutMs;
+    const timeoutMs = options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS;
     if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
       return Promise.reject(
         new RangeError(
