@@ -54,14 +54,19 @@ export function parseToken(text: string): ParsedToken | undefined {
 
 /** A token in some text, whole or cut short after its id. */
 const TOKEN_IN_TEXT = /dl_([0-9a-f]{32})_[A-Za-z0-9_-]*/g;
+/** A token's secret on its own: 43 base64url characters. */
+const SECRET_IN_TEXT = /(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])/g;
 
 /**
  * `text` with the secret of every token in it left out, keeping the id that
- * names the token. A caller who pastes a token where an id belongs gets an
+ * names the token, and any run of characters that could be a secret on its
+ * own left out too. A caller who pastes a token where an id belongs gets an
  * error, and neither it nor the log may carry the token back.
  */
 export function withoutTokenSecrets(text: string): string {
-  return text.replace(TOKEN_IN_TEXT, "dl_$1_<secret withheld>");
+  return text
+    .replace(TOKEN_IN_TEXT, "dl_$1_<secret withheld>")
+    .replace(SECRET_IN_TEXT, "<secret withheld>");
 }
 
 export function hashSecret(secret: Buffer): Buffer {

@@ -1,4 +1,5 @@
 import { Command } from "commander";
+import { withoutTokenSecrets } from "../auth/token.js";
 import { describeFailure } from "../cli/errors.js";
 import { addHostCommands } from "../cli/host-commands.js";
 import { addTokenCommands } from "../cli/token-commands.js";
@@ -19,6 +20,9 @@ addHostCommands(program);
 try {
   await program.parseAsync();
 } catch (error) {
-  process.stderr.write(`error: ${describeFailure(error)}\n`);
+  // A token pasted where an id belongs is echoed without its secret.
+  process.stderr.write(
+    `error: ${withoutTokenSecrets(describeFailure(error))}\n`,
+  );
   process.exitCode = 1;
 }

@@ -12,6 +12,7 @@ import {
   type LifecycleDelta,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
 import { refuseRevokedCaller } from "../auth/authenticate.js";
+import { withoutTokenSecrets } from "../auth/token.js";
 import { checkHeartbeatHost } from "../auth/worker-scope.js";
 import { type DeltaInput, validateDelta } from "../domain/delta.js";
 import type { ChangeFeed } from "../events/change-feed.js";
@@ -137,7 +138,7 @@ export async function applyHeartbeats(
             deltaIndex,
             lifecycleId: outcome.lifecycleId,
             result: resultEnum(outcome.result),
-            detail: outcome.detail,
+            detail: withoutTokenSecrets(outcome.detail),
           }),
         );
       }

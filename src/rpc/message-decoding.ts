@@ -1,7 +1,13 @@
 import { isUtf8 } from "node:buffer";
-import { type DescMessage, fromBinary, ScalarType } from "@bufbuild/protobuf";
+import {
+  type DescMessage,
+  fromBinary,
+  fromJsonString,
+  ScalarType,
+} from "@bufbuild/protobuf";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { withoutTokenSecrets } from "../auth/token.js";
 
 /**
  * Decodes one binary request message as connect will; if it cannot be
@@ -33,9 +39,8 @@ const SURROGATE_ESCAPE = /\\u[dD][89a-fA-F]/;
 /**
  * Refuses a JSON request message that is not UTF-8 (connect would decode
  * it with U+FFFD in place of the bad bytes) or whose strings hold an
- * unpaired surrogate (which no UTF-8 column can store). Anything else that
- * is wrong with the JSON is left to connect, which answers it with
- * INVALID_ARGUMENT itself.
+ * unpaired surrogate (which no UTF-8 column can store), and JSON that does
+ * not decode as the message, as connect would refuse it.
  */
 export function checkJson(desc: DescMessage, data: Uint8Array): void {
   let text: string;
@@ -46,17 +51,27 @@ export function checkJson(desc: DescMessage, data: Uint8Array): void {
       `cannot decode message ${desc.typeName} from JSON: the body is not valid UTF-8`,
     );
   }
-  if (!SURROGATE_ESCAPE.test(text)) return;
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    return;
+  if (SURROGATE_ESCAPE.test(text)) {
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      value = undefined;
+    }
+    const path = findLoneSurrogate(value, "");
+    if (path !== undefined) {
+      throw invalidRequest(
+        `cannot decode message ${desc.typeName} from JSON: ${path || "the body"} holds an unpaired UTF-16 surrogate`,
+      );
+    }
   }
-  const path = findLoneSurrogate(value, "");
-  if (path !== undefined) {
+  // Decoded here as connect will, so that a message naming what the caller
+  // sent (an unknown key, say) goes out without a token's secret.
+  try {
+    fromJsonString(desc, text, { ignoreUnknownFields: false });
+  } catch (error) {
     throw invalidRequest(
-      `cannot decode message ${desc.typeName} from JSON: ${path || "the body"} holds an unpaired UTF-16 surrogate`,
+      error instanceof Error ? error.message : String(error),
     );
   }
 }
@@ -126,5 +141,5 @@ function findInvalidUtf8(
 }
 
 function invalidRequest(message: string): ConnectError {
-  return new ConnectError(message, Code.InvalidArgument);
+  return new ConnectError(withoutTokenSecrets(message), Code.InvalidArgument);
 }

@@ -50,11 +50,31 @@ export function connectToServer(
         ? []
         : [
             (next) => async (request) => {
-              const text = typeof token === "string" ? token : await token();
+              const text = await tokenText(token, request.signal);
               request.header.set("authorization", `Bearer ${text}`);
               return next(request);
             },
           ],
   });
   return { transport, ownSession };
+}
+
+/**
+ * The token's text; a function's answer, unless the call is aborted first
+ * (the client stops), so that a token that is slow to come holds up nothing.
+ */
+function tokenText(
+  token: string | (() => string | Promise<string>),
+  signal: AbortSignal,
+): Promise<string> {
+  if (typeof token === "string") return Promise.resolve(token);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    if (signal.aborted) return onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    Promise.resolve()
+      .then(token)
+      .then(resolve, reject)
+      .finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }

@@ -191,12 +191,41 @@ test("every error code the service answers with is free of tokens, SQL, stack tr
   await expectFailure(Code.InvalidArgument, async () => {
     throw await pastedHeartbeat.failure();
   });
+  await expectFailure(Code.InvalidArgument, () =>
+    admin.tokens.revokeToken({ tokenId: secretOf(pasted) }),
+  );
+  const unknownKey = await rawCall(
+    "/decky.lifecycle.v1.LifecycleService/List",
+    JSON.stringify({ [pasted]: 1 }),
+    `Bearer ${adminToken}`,
+  );
   expect(answers.slice(pastedAnswers).map((a) => a.message)).toEqual([
     `[invalid_argument] token_id ${pastedShown} is not a UUID`,
     `[invalid_argument] lifecycle_id ${pastedShown} is not a UUID`,
     `[invalid_argument] ids[0] ${pastedShown} is not a UUID`,
     `[invalid_argument] host_uuid ${pastedShown.slice(0, -1)}…" is not a UUID`,
     `[invalid_argument] host_uuid ${pastedShown} is not a UUID`,
+    '[invalid_argument] token_id "<secret withheld>" is not a UUID',
+    `cannot decode message decky.lifecycle.v1.ListRequest from JSON: key ${pastedShown} is unknown`,
+  ]);
+  expect(unknownKey.code).toBe("invalid_argument");
+  // A delta's outcome names what was wrong the same way.
+  const reporter = openHeartbeat(admin);
+  reporter.send({
+    hostUuid: randomUUID(),
+    agentVersion: "a/1",
+    deltas: [
+      {
+        deckyName: deckyName("errors"),
+        operation: Operation.DEPLOY,
+        status: Status.RUNNING,
+        lifecycleId: pasted,
+      },
+    ],
+  });
+  const { outcomes } = await reporter.close();
+  expect(outcomes.map((outcome) => outcome.detail)).toEqual([
+    `lifecycle_id ${pastedShown} is not a UUID`,
   ]);
   const malformed = await rawCall(
     "/decky.lifecycle.v1.LifecycleService/List",

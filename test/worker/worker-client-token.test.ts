@@ -129,3 +129,26 @@ test("WorkerClient whose token is a function takes its host's rotated token on t
   const { rows } = await admin.lifecycle.list({ ids: [row.id] });
   expect(rows.map((r) => Status[r.status])).toEqual(["SUCCEEDED"]);
 });
+
+test("WorkerClient whose token function never answers still stops within its timeout, keeping the delta", async () => {
+  const { host } = await admin.hosts.enrollHost({ name: "web-4" });
+  const row = await acceptOn(host!.hostUuid);
+  const worker = new WorkerClient({
+    baseUrl: server.url,
+    token: () => new Promise<string>(() => {}),
+    hostUuid: host!.hostUuid,
+    agentVersion: "token-test/1",
+  });
+  worker.start();
+  worker.running({
+    deckyName: row.deckyName,
+    operation: Operation.DEPLOY,
+    lifecycleId: row.id,
+  });
+
+  const totals = await worker.stop({ timeoutMs: 300 });
+
+  expect(totals).toMatchObject({ applied: 0, unacknowledged: 1 });
+  const { rows } = await admin.lifecycle.list({ ids: [row.id] });
+  expect(rows[0]!.status).toBe(Status.PENDING);
+});
