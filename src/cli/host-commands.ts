@@ -7,13 +7,9 @@ import {
   ListHostsResponseSchema,
   RotateHostTokenResponseSchema,
 } from "../../gen/decky/lifecycle/v1/host_pb.js";
+import { type Connection, withConnection } from "./connection-options.js";
 import { print, warnShownOnce } from "./output.js";
-import {
-  allPages,
-  type Connection,
-  clientOf,
-  withConnection,
-} from "./server-client.js";
+import { allPages, clientOf } from "./server-client.js";
 
 const hostStates = {
   enrolled: HostState.ENROLLED,

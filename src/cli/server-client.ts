@@ -1,70 +1,23 @@
 import { readFileSync } from "node:fs";
+import type { SecureContextOptions } from "node:tls";
 import {
   type Client,
+  ConnectError,
   createClient,
   type Interceptor,
+  type Transport,
 } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { type Command, InvalidArgumentError, Option } from "commander";
 import type { HostService } from "../../gen/decky/lifecycle/v1/host_pb.js";
 import type { TokenService } from "../../gen/decky/lifecycle/v1/token_pb.js";
-import { UsageError } from "./errors.js";
-
-/** Where and how to reach a running server. */
-export interface Connection {
-  readonly url?: string;
-  readonly token?: string;
-  readonly caFile?: string;
-  readonly certFile?: string;
-  readonly keyFile?: string;
-}
-
-/** `--url` as given, once it is an http:// or https:// URL. */
-function parseUrl(value: string): string {
-  const protocol = URL.canParse(value) ? new URL(value).protocol : undefined;
-  if (protocol !== "http:" && protocol !== "https:") {
-    throw new InvalidArgumentError(
-      "It must be an http:// or https:// URL, such as http://127.0.0.1:8080.",
-    );
-  }
-  return value;
-}
-
-/** The options every command that calls the server takes. */
-export function withConnection(command: Command, defaultUrl?: string): Command {
-  const url = new Option(
-    "--url <url>",
-    "the server's base URL, such as http://127.0.0.1:8080",
-  )
-    .env("DECKY_URL")
-    .argParser(parseUrl);
-  return command
-    .addOption(defaultUrl === undefined ? url : url.default(defaultUrl))
-    .addOption(
-      new Option("--token <token>", "an admin bearer token").env("DECKY_TOKEN"),
-    )
-    .addOption(
-      new Option(
-        "--ca-file <path>",
-        "PEM file of the CA that signed the server's certificate",
-      ).env("DECKY_CA_FILE"),
-    )
-    .addOption(
-      new Option(
-        "--cert-file <path>",
-        "PEM client certificate, for a server that asks for one",
-      ).env("DECKY_CERT_FILE"),
-    )
-    .addOption(
-      new Option("--key-file <path>", "PEM key of --cert-file").env(
-        "DECKY_KEY_FILE",
-      ),
-    );
-}
+import type { Connection } from "./connection-options.js";
+import { ServerCallError, UsageError } from "./errors.js";
+import { handshakeRefusal } from "./handshake-probe.js";
 
 /**
  * A client of `service` on the server `connection` names, sending its
- * bearer token and trusting its CA and client certificate files.
+ * bearer token and trusting its CA and client certificate files. A call
+ * that fails throws a ServerCallError naming the server.
  */
 export function clientOf<
   Service extends typeof HostService | typeof TokenService,
@@ -79,25 +32,48 @@ export function clientOf<
     }
     return next(request);
   };
-  const read = (path: string | undefined) =>
-    path === undefined ? undefined : readFileSync(path);
+  const { caFile, certFile, keyFile } = connection;
+  const tls: SecureContextOptions = {
+    ...(caFile === undefined ? {} : { ca: readFileSync(caFile) }),
+    ...(certFile === undefined ? {} : { cert: readFileSync(certFile) }),
+    ...(keyFile === undefined ? {} : { key: readFileSync(keyFile) }),
+  };
   const transport = createConnectTransport({
     baseUrl: connection.url,
     httpVersion: "1.1",
     interceptors: [authorize],
-    nodeOptions: {
-      ...(connection.caFile === undefined
-        ? {}
-        : { ca: read(connection.caFile) }),
-      ...(connection.certFile === undefined
-        ? {}
-        : { cert: read(connection.certFile) }),
-      ...(connection.keyFile === undefined
-        ? {}
-        : { key: read(connection.keyFile) }),
-    },
+    nodeOptions: tls,
   });
-  return createClient(service, transport);
+  return createClient(service, namingServer(connection.url, tls, transport));
+}
+
+/**
+ * `transport`, whose failed calls throw a ServerCallError naming `url` and,
+ * when the server closed the connection under the call, why.
+ */
+function namingServer(
+  url: string,
+  tls: SecureContextOptions,
+  transport: Transport,
+): Transport {
+  const fail = async (error: unknown): Promise<never> => {
+    const failure = ConnectError.from(error);
+    throw new ServerCallError(
+      url,
+      failure,
+      await handshakeRefusal(url, tls, failure),
+    );
+  };
+  return {
+    unary: (method, signal, timeoutMs, header, input, contextValues) =>
+      transport
+        .unary(method, signal, timeoutMs, header, input, contextValues)
+        .catch(fail),
+    stream: (method, signal, timeoutMs, header, input, contextValues) =>
+      transport
+        .stream(method, signal, timeoutMs, header, input, contextValues)
+        .catch(fail),
+  };
 }
 
 /** Every item of a paged list: asks for page after page until the last. */

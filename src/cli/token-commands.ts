@@ -10,15 +10,11 @@ import { issueToken } from "../auth/token.js";
 import { checkName } from "../rpc/host-enrolment.js";
 import { checkCreatableRole, toApiTokenMessage } from "../rpc/token-service.js";
 import { insertToken, listTokens, revokeToken } from "../storage/api-tokens.js";
+import { type Connection, withConnection } from "./connection-options.js";
 import { onDatabase } from "./database.js";
 import { UsageError } from "./errors.js";
 import { print, warnShownOnce } from "./output.js";
-import {
-  allPages,
-  type Connection,
-  clientOf,
-  withConnection,
-} from "./server-client.js";
+import { allPages, clientOf } from "./server-client.js";
 
 const roles = {
   admin: Role.ADMIN,
