@@ -1,11 +1,5 @@
-import type http from "node:http";
-import type http2 from "node:http2";
 import { cors } from "@connectrpc/connect";
-
-type RequestHandler = (
-  request: http.IncomingMessage | http2.Http2ServerRequest,
-  response: http.ServerResponse | http2.Http2ServerResponse,
-) => void;
+import type { RequestHandler } from "./listener.js";
 
 /**
  * What the Connect and gRPC-Web protocols send and read, as connect-es

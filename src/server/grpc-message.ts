@@ -1,10 +1,7 @@
 import type http from "node:http";
 import type http2 from "node:http2";
+import type { RequestHandler } from "./listener.js";
 
-type RequestHandler = (
-  request: http.IncomingMessage | http2.Http2ServerRequest,
-  response: http.ServerResponse | http2.Http2ServerResponse,
-) => void;
 type Headers = http.OutgoingHttpHeaders;
 
 /**
@@ -61,7 +58,7 @@ function reencoded(headers: Headers): Headers {
 }
 
 /** gRPC's percent-encoding of a status message. */
-export function percentEncode(text: string): string {
+function percentEncode(text: string): string {
   let encoded = "";
   for (const byte of Buffer.from(text, "utf8")) {
     encoded +=

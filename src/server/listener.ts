@@ -10,7 +10,8 @@ const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 /** How long a new connection may take to send its first bytes. */
 const FIRST_BYTES_TIMEOUT_MS = 10_000;
 
-type RequestHandler = (
+/** A Node request handler, for HTTP/1.1 and HTTP/2 (compatibility API). */
+export type RequestHandler = (
   request: http.IncomingMessage | http2.Http2ServerRequest,
   response: http.ServerResponse | http2.Http2ServerResponse,
 ) => void;

@@ -18,11 +18,17 @@ import {
   LifecycleService,
   Operation,
   Status,
+  WatchRequestSchema,
   type WatchResponse,
   WatchResponse_Kind,
   WatchResponseSchema,
 } from "../../gen/decky/lifecycle/v1/lifecycle_pb.js";
-import { deckyName, serveThisFile } from "../support/test-server.js";
+import {
+  createTestDatabase,
+  deckyName,
+  serveThisFile,
+  startTestServer,
+} from "../support/test-server.js";
 
 const server = serveThisFile();
 
@@ -191,5 +197,44 @@ test("a grpc-js worker reads error messages as the server wrote them, punctuatio
     ]);
   } finally {
     worker.close();
+  }
+});
+
+test("a grpc-js watcher reads the message of a stream ended after its first messages as the server wrote it", async () => {
+  const database = await createTestDatabase();
+  const stopping = await startTestServer(database);
+  const watcher = new GrpcClient(
+    `127.0.0.1:${stopping.server.port}`,
+    credentials.createInsecure(),
+  );
+  try {
+    const call = watcher.makeServerStreamRequest(
+      `/${LifecycleService.typeName}/${LifecycleService.method.watch.name}`,
+      (message: ReturnType<typeof create<typeof WatchRequestSchema>>) =>
+        Buffer.from(toBinary(WatchRequestSchema, message)),
+      (bytes: Buffer) => fromBinary(WatchResponseSchema, bytes),
+      create(WatchRequestSchema, {}),
+    );
+    const ended = new Promise<{ code: number; details: string }>((resolve) =>
+      call.on("error", resolve),
+    );
+    call.on("data", () => {});
+    const snapshotEnd = await new Promise<WatchResponse>((resolve) =>
+      call.on("data", (message: WatchResponse) => {
+        if (message.kind === WatchResponse_Kind.SNAPSHOT_END) resolve(message);
+      }),
+    );
+
+    await stopping.close();
+    const failure = await ended;
+
+    expect([failure.code, failure.details]).toEqual([
+      14,
+      `the server is shutting down; resume from revision ${snapshotEnd.revision}`,
+    ]);
+  } finally {
+    watcher.close();
+    await stopping.close();
+    await database.drop();
   }
 });
